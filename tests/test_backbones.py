@@ -1,0 +1,75 @@
+"""Contract tests over every registered backbone, at random init and small inputs."""
+
+import pytest
+import torch
+from PIL import Image
+
+from transferkit import REGISTRY, TransferkitError, build_backbone, get_spec, list_models
+
+NAMES = sorted(REGISTRY)
+TEACHING_AND_MODERN = {
+    "alexnet", "vgg16", "vgg19", "googlenet", "inception_v3", "resnet18", "resnet50", "resnet152",
+    "efficientnet_lite0", "mobilenet_v3_large", "convnext_tiny", "lenet", "alexnet_bvlc",
+}  # fmt: skip
+
+
+def test_registry_covers_the_zoo():
+    assert TEACHING_AND_MODERN <= set(NAMES)
+    assert list_models("resnet*") == ["resnet18", "resnet50", "resnet152"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_backbone_contract(name):
+    spec = get_spec(name)
+    backbone = build_backbone(name, pretrained=False)
+    size = max(spec.min_input_size, 32) if name != "alexnet_bvlc" else spec.input_size
+    x = torch.randn(2, 3, size, size)
+    with torch.inference_mode():
+        features = backbone.forward_features(x)
+        assert features.shape == (2, spec.feature_dim)
+        assert backbone(x).shape == (2, spec.num_classes)
+        stage_dims = [backbone.features(x, f"stage{i}").shape for i in range(1, len(spec.stages) + 1)]
+    assert all(s[0] == 2 and s[1] > 0 for s in stage_dims)
+
+    backbone.reset_classifier(3)
+    with torch.inference_mode():
+        assert backbone(x).shape == (2, 3)
+
+    # Layer groups cover every body parameter exactly once, from input to output.
+    grouped = [n for group in spec.layer_groups for path in group for n, _ in backbone.body.get_submodule(path).named_parameters(prefix=path)]
+    assert sorted(grouped) == sorted(n for n, _ in backbone.body.named_parameters())
+    assert len(grouped) == len(set(grouped))
+
+    # The parameter count matches the library's statement (less the aux heads we drop).
+    count = sum(p.numel() for p in build_backbone(name, pretrained=False).parameters())
+    if spec.params is not None:
+        assert count == spec.params if not spec.drop_keys else count <= spec.params
+
+    image = Image.new("RGB", (97, 61), (120, 30, 200))
+    assert spec.transform()(image).shape == (3, spec.input_size, spec.input_size)
+
+
+def test_random_init_is_seeded():
+    a = build_backbone("resnet18", pretrained=False, seed=3)
+    b = build_backbone("resnet18", pretrained=False, seed=3)
+    assert torch.equal(a.body.conv1.weight, b.body.conv1.weight)
+
+
+def test_unknown_model_and_layer_are_clear():
+    with pytest.raises(TransferkitError, match="unknown model 'resnet51'.*did you mean resnet50"):
+        get_spec("resnet51")
+    backbone = build_backbone("lenet", pretrained=False)
+    with pytest.raises(TransferkitError, match="stage1..stage2"):
+        backbone.features(torch.randn(1, 3, 32, 32), "stage9")
+
+
+def test_image_size_override_scales_resize():
+    spec = get_spec("efficientnet_lite0")
+    assert spec.preprocessing(64)["resize_size"] == round(64 / 0.875)
+    assert spec.transform(64)(Image.new("RGB", (32, 32))).shape == (3, 64, 64)
+
+
+def test_embedded_lite0_preprocessing_is_tensorflow_style():
+    spec = get_spec("efficientnet_lite0")
+    assert spec.mean == spec.std == (0.5, 0.5, 0.5)
+    assert spec.interpolation == "bicubic"
