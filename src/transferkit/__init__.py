@@ -2,7 +2,7 @@
 
 from transferkit.backbones import REGISTRY, Backbone, BackboneSpec, build_backbone, get_spec, list_models, load_backbone
 from transferkit.errors import ImageError, TransferkitError, WeightsNotFoundError
-from transferkit.predict import predict
+from transferkit.asis import predict
 
 __version__ = "0.1.0"
 

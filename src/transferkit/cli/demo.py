@@ -18,7 +18,7 @@ def demo() -> None:
         raise TransferkitError("the demo photos come from scikit-image: pip install scikit-image") from None
     from PIL import Image
 
-    from transferkit.predict import predict
+    from transferkit.asis import predict
 
     with tempfile.TemporaryDirectory() as tmp:
         paths = []

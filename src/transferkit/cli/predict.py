@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from transferkit.cli._app import JSON, MODEL, TRUST_PICKLE, WEIGHTS, command, print_json
-from transferkit.predict import predict as run_predict
+from transferkit.asis import predict as run_predict
 
 
 @command("predict")
@@ -27,16 +27,15 @@ def predict(
         trust_pickle=trust_pickle, batch_size=batch_size, image_size=image_size, progress="predict",
     )  # fmt: skip
     failed = [r for r in results if "error" in r]
+    for r in failed:
+        typer.echo(f"error: {r['error']}", err=True)
     if as_json:
         print_json(results)
     else:
         for r in results:
-            if "error" in r:
-                typer.echo(f"error: {r['error']}", err=True)
-                continue
-            typer.echo(r["image"])
-            for t in r["top"]:
-                typer.echo(f"  {t['probability']:6.1%}  {t['label']} ({t['class']})")
+            if "top" in r:
+                typer.echo(r["image"])
+                typer.echo("\n".join(f"  {t['probability']:6.1%}  {t['label']} ({t['class']})" for t in r["top"]))
     if failed:
         typer.echo(f"{len(failed)} of {len(results)} images could not be classified", err=True)
         raise typer.Exit(1)
