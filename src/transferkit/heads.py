@@ -1,0 +1,218 @@
+"""Heads trained on cached features, as scikit-learn estimators.
+
+Each head also folds itself into a small torch module (``to_module``) that maps raw features
+to class scores, so a trained run is one network (backbone + head) that saves as safetensors
+and exports to ONNX or TorchScript like any other.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.kernel_approximation import Nystroem
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV, StratifiedKFold
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import LinearSVC
+from sklearn.utils.validation import check_is_fitted
+from torch import nn
+
+HEADS = ("linear", "svm", "mlp")
+
+
+def _standardised_linear(scaler: StandardScaler, coef: np.ndarray, intercept: np.ndarray) -> nn.Linear:
+    """``coef @ ((x - mean) / scale) + intercept`` as one Linear layer on raw features."""
+    weight = coef / scaler.scale_
+    bias = intercept - weight @ scaler.mean_
+    layer = nn.Linear(weight.shape[1], weight.shape[0])
+    with torch.no_grad():
+        layer.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
+        layer.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
+    return layer
+
+
+def _pick_c(estimator, X, y, grid, cv_max_samples, seed):
+    """Choose C by stratified cross-validation on at most ``cv_max_samples`` rows."""
+    if len(X) > cv_max_samples:
+        rng = np.random.default_rng(seed)
+        rows = np.sort(rng.choice(len(X), cv_max_samples, replace=False))
+        X, y = X[rows], y[rows]
+    folds = min(3, int(np.bincount(y).min()))
+    if folds < 2:
+        return grid[len(grid) // 2]
+    search = GridSearchCV(estimator, {"C": grid}, cv=StratifiedKFold(folds, shuffle=True, random_state=seed), n_jobs=1)
+    return search.fit(X, y).best_params_["C"]
+
+
+class LinearHead(ClassifierMixin, BaseEstimator):
+    """Multinomial logistic regression on standardised features, C chosen by cross-validation."""
+
+    def __init__(self, C: float | None = None, c_grid=(1e-3, 1e-2, 1e-1, 1.0), max_iter: int = 1000, cv_max_samples: int = 5000, random_state: int = 0):
+        self.C = C
+        self.c_grid = c_grid
+        self.max_iter = max_iter
+        self.cv_max_samples = cv_max_samples
+        self.random_state = random_state
+
+    def fit(self, X, y):
+        X = np.asarray(X, dtype=np.float32)
+        self.scaler_ = StandardScaler().fit(X)
+        Z = self.scaler_.transform(X)
+        model = LogisticRegression(max_iter=self.max_iter)
+        self.C_ = self.C if self.C is not None else _pick_c(model, Z, y, list(self.c_grid), self.cv_max_samples, self.random_state)
+        self.model_ = model.set_params(C=self.C_).fit(Z, y)
+        self.classes_ = self.model_.classes_
+        return self
+
+    def predict_proba(self, X):
+        check_is_fitted(self)
+        return self.model_.predict_proba(self.scaler_.transform(np.asarray(X, dtype=np.float32)))
+
+    def predict(self, X):
+        best = self.predict_proba(X).argmax(1)
+        return self.classes_[best]
+
+    def to_module(self) -> nn.Module:
+        check_is_fitted(self)
+        return _standardised_linear(self.scaler_, self.model_.coef_, self.model_.intercept_)
+
+
+class SVMHead(ClassifierMixin, BaseEstimator):
+    """A linear SVM on standardised features, or an RBF SVM through a Nystroem kernel map.
+
+    The RBF kernel is approximated with ``n_components`` landmark points (scikit-learn's
+    ``Nystroem``), which keeps training linear in the number of images and lets the head
+    run inside the network as a small torch module.
+    """
+
+    def __init__(self, kernel: str = "linear", C: float | None = None, c_grid=(1e-3, 1e-2, 1e-1, 1.0), n_components: int = 1000, cv_max_samples: int = 5000, random_state: int = 0):
+        self.kernel = kernel
+        self.C = C
+        self.c_grid = c_grid
+        self.n_components = n_components
+        self.cv_max_samples = cv_max_samples
+        self.random_state = random_state
+
+    def _map(self, X):
+        Z = self.scaler_.transform(np.asarray(X, dtype=np.float32))
+        return self.kernel_map_.transform(Z) if self.kernel == "rbf" else Z
+
+    def fit(self, X, y):
+        if self.kernel not in ("linear", "rbf"):
+            raise ValueError(f"kernel must be 'linear' or 'rbf', got {self.kernel!r}")
+        X = np.asarray(X, dtype=np.float32)
+        self.scaler_ = StandardScaler().fit(X)
+        if self.kernel == "rbf":
+            n = min(self.n_components, len(X))
+            self.kernel_map_ = Nystroem(gamma=1.0 / X.shape[1], n_components=n, random_state=self.random_state)
+            self.kernel_map_.fit(self.scaler_.transform(X))
+        Z = self._map(X)
+        model = LinearSVC(dual="auto", max_iter=5000)
+        self.C_ = self.C if self.C is not None else _pick_c(model, Z, y, list(self.c_grid), self.cv_max_samples, self.random_state)
+        self.model_ = model.set_params(C=self.C_).fit(Z, y)
+        self.classes_ = self.model_.classes_
+        return self
+
+    def decision_function(self, X):
+        check_is_fitted(self)
+        scores = self.model_.decision_function(self._map(X))
+        return scores if scores.ndim == 2 else np.stack([-scores, scores], 1)
+
+    def predict(self, X):
+        best = self.decision_function(X).argmax(1)
+        return self.classes_[best]
+
+    def to_module(self) -> nn.Module:
+        check_is_fitted(self)
+        coef, intercept = self.model_.coef_, self.model_.intercept_
+        if coef.shape[0] == 1:  # binary: scikit-learn keeps one row; make two opposite ones
+            coef, intercept = np.concatenate([-coef, coef]), np.concatenate([-intercept, intercept])
+        if self.kernel == "linear":
+            return _standardised_linear(self.scaler_, coef, intercept)
+        return nn.Sequential(
+            NystroemRBF(self.scaler_, self.kernel_map_), _standardised_linear(_identity_scaler(coef.shape[1]), coef, intercept)
+        )
+
+
+def _identity_scaler(dim: int) -> StandardScaler:
+    scaler = StandardScaler()
+    scaler.mean_, scaler.scale_ = np.zeros(dim), np.ones(dim)
+    return scaler
+
+
+class NystroemRBF(nn.Module):
+    """Standardise, then scikit-learn's Nystroem RBF feature map, in torch."""
+
+    def __init__(self, scaler: StandardScaler, kernel_map: Nystroem):
+        super().__init__()
+        self.register_buffer("mean", torch.as_tensor(scaler.mean_, dtype=torch.float32))
+        self.register_buffer("scale", torch.as_tensor(scaler.scale_, dtype=torch.float32))
+        self.register_buffer("landmarks", torch.as_tensor(kernel_map.components_, dtype=torch.float32))
+        self.register_buffer("normalization", torch.as_tensor(kernel_map.normalization_, dtype=torch.float32))
+        self.register_buffer("gamma", torch.tensor(float(kernel_map.gamma), dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = (x - self.mean) / self.scale
+        distance = (z * z).sum(1, keepdim=True) - 2 * z @ self.landmarks.T + (self.landmarks**2).sum(1)
+        return torch.exp(-self.gamma * distance.clamp_min(0)) @ self.normalization.T
+
+
+class MLPHead(ClassifierMixin, BaseEstimator):
+    """A hidden layer with dropout on standardised features, trained with AdamW in torch."""
+
+    def __init__(self, hidden: int = 512, dropout: float = 0.5, lr: float = 1e-3, weight_decay: float = 1e-4, epochs: int = 60, batch_size: int = 256, min_steps: int = 500, random_state: int = 0):
+        self.hidden = hidden
+        self.min_steps = min_steps
+        self.dropout = dropout
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.random_state = random_state
+
+    def fit(self, X, y):
+        X = np.asarray(X, dtype=np.float32)
+        self.classes_ = np.unique(y)
+        targets = torch.as_tensor(np.searchsorted(self.classes_, y))
+        self.scaler_ = StandardScaler().fit(X)
+        inputs = torch.as_tensor(self.scaler_.transform(X), dtype=torch.float32)
+        generator = torch.Generator().manual_seed(self.random_state)
+        torch.manual_seed(self.random_state)
+        net = nn.Sequential(nn.Dropout(0.1), nn.Linear(X.shape[1], self.hidden), nn.ReLU(), nn.Dropout(self.dropout), nn.Linear(self.hidden, len(self.classes_)))
+        optimiser = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        net.train()
+        per_epoch = -(-len(inputs) // self.batch_size)
+        for _ in range(max(self.epochs, -(-self.min_steps // per_epoch))):  # small sets still get enough steps
+            for rows in torch.randperm(len(inputs), generator=generator).split(self.batch_size):
+                optimiser.zero_grad()
+                nn.functional.cross_entropy(net(inputs[rows]), targets[rows]).backward()
+                optimiser.step()
+        self.net_ = net.eval()
+        return self
+
+    def predict_proba(self, X):
+        check_is_fitted(self)
+        with torch.no_grad():
+            inputs = torch.as_tensor(self.scaler_.transform(np.asarray(X, dtype=np.float32)), dtype=torch.float32)
+            return self.net_(inputs).softmax(1).numpy()
+
+    def predict(self, X):
+        best = self.predict_proba(X).argmax(1)
+        return self.classes_[best]
+
+    def to_module(self) -> nn.Module:
+        check_is_fitted(self)
+        first, last = self.net_[1], self.net_[4]
+        folded = _standardised_linear(self.scaler_, first.weight.detach().numpy(), first.bias.detach().numpy())
+        return nn.Sequential(folded, nn.ReLU(), last)
+
+
+def make_head(name: str, *, kernel: str = "linear", seed: int = 0, **params) -> BaseEstimator:
+    if name == "linear":
+        return LinearHead(random_state=seed, **params)
+    if name == "svm":
+        return SVMHead(kernel=kernel, random_state=seed, **params)
+    if name == "mlp":
+        return MLPHead(random_state=seed, **params)
+    raise ValueError(f"unknown head {name!r}: expected one of {', '.join(HEADS)}")

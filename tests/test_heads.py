@@ -1,0 +1,57 @@
+"""Heads on features: scikit-learn estimators whose torch form gives the same answers."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.datasets import make_classification
+from sklearn.exceptions import NotFittedError
+
+from transferkit.heads import LinearHead, MLPHead, SVMHead, make_head
+
+
+@pytest.fixture(scope="module")
+def blobs():
+    X, y = make_classification(n_samples=300, n_features=20, n_informative=8, n_classes=3, random_state=0)
+    return (X * 5 + 3).astype(np.float32), y
+
+
+@pytest.mark.parametrize(
+    "head",
+    [LinearHead(), SVMHead(), SVMHead(kernel="rbf", n_components=100), MLPHead(hidden=32, epochs=30)],
+    ids=["linear", "svm", "svm-rbf", "mlp"],
+)
+def test_head_learns_and_folds_into_torch(blobs, head):
+    X, y = blobs
+    head = clone(head).fit(X[:200], y[:200])
+    assert head.score(X[200:], y[200:]) > 0.6
+    with torch.no_grad():
+        scores = head.to_module()(torch.as_tensor(X[200:])).numpy()
+    reference = head.decision_function(X[200:]) if isinstance(head, SVMHead) else head.predict_proba(X[200:])
+    if isinstance(head, SVMHead):
+        np.testing.assert_allclose(scores, reference, atol=1e-3, rtol=1e-3)
+    else:
+        np.testing.assert_allclose(torch.as_tensor(scores).softmax(1).numpy(), reference, atol=1e-4)
+
+
+def test_binary_svm_module_has_two_outputs(blobs):
+    X, y = blobs
+    keep = y < 2
+    head = SVMHead(C=1.0).fit(X[keep], y[keep])
+    assert head.to_module()(torch.as_tensor(X[:4])).shape == (4, 2)
+
+
+def test_unfitted_head_raises():
+    with pytest.raises(NotFittedError):
+        LinearHead().predict(np.zeros((1, 3)))
+
+
+def test_cross_validation_picks_c(blobs):
+    X, y = blobs
+    assert LinearHead(c_grid=(1e-4, 1.0)).fit(X, y).C_ in (1e-4, 1.0)
+    assert LinearHead(C=0.5).fit(X, y).C_ == 0.5
+
+
+def test_unknown_head():
+    with pytest.raises(ValueError, match="unknown head"):
+        make_head("tree")
