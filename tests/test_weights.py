@@ -103,3 +103,22 @@ def test_malicious_pickle_weights_do_not_run(tmp_path):
 def test_missing_weights_file(tmp_path):
     with pytest.raises(TransferkitError, match="does not exist"):
         build_backbone("resnet18", weights=str(tmp_path / "nope.safetensors"))
+
+
+def test_bvlc_alexnet_npy_needs_trust(tmp_path):
+    import numpy as np
+
+    from transferkit.alexnet_bvlc import make_fake_bvlc_arrays
+
+    path = tmp_path / "bvlc-alexnet.npy"
+    np.save(path, make_fake_bvlc_arrays(), allow_pickle=True)
+    with pytest.raises(TransferkitError, match="pickle.*--trust-pickle"):
+        build_backbone("alexnet_bvlc", weights=str(path))
+    backbone = build_backbone("alexnet_bvlc", weights=str(path), trust_pickle=True)
+    assert backbone.weights_source == "file:bvlc-alexnet.npy"
+    x = torch.randn(1, 3, 227, 227)
+    with torch.inference_mode():
+        assert backbone.forward_features(x).shape == (1, 4096)
+        assert backbone(x).shape == (1, 1000)
+    with pytest.raises(TransferkitError, match="only 227 px"):
+        backbone.transform(224)

@@ -50,6 +50,7 @@ class BackboneSpec:
     build_kwargs: Mapping[str, Any] = field(default_factory=dict)
     drop_keys: tuple[str, ...] = ()  # checkpoint prefixes the built network does not have (aux heads)
     min_input_size: int = 32
+    fixed_input_size: bool = False  # the classifier needs exactly input_size (Caffe AlexNet)
     description: str = ""
 
     @property
@@ -64,12 +65,22 @@ class BackboneSpec:
     def crop_pct(self) -> float:
         return self.input_size / self.resize_size
 
+    def check_image_size(self, image_size: int | None) -> int:
+        """The input size to use; one the network cannot take is a clear error."""
+        if image_size is None:
+            return self.input_size
+        if self.fixed_input_size and image_size != self.input_size:
+            raise TransferkitError(f"{self.name} takes only {self.input_size} px inputs, got --image-size {image_size}")
+        if image_size < self.min_input_size:
+            raise TransferkitError(f"--image-size {image_size} is too small for {self.name}: the minimum is {self.min_input_size}")
+        return image_size
+
     def transform(self, image_size: int | None = None) -> v2.Compose:
         """Evaluation preprocessing: resize, centre crop, scale to [0, 1], normalise.
 
         ``image_size`` overrides the crop size and scales the resize by the spec's crop ratio.
         """
-        size = image_size or self.input_size
+        size = self.check_image_size(image_size)
         resize = round(size / self.crop_pct)
         return v2.Compose(
             [
@@ -83,7 +94,7 @@ class BackboneSpec:
 
     def preprocessing(self, image_size: int | None = None) -> dict[str, Any]:
         """The numbers that define :meth:`transform`, for run metadata and cache keys."""
-        size = image_size or self.input_size
+        size = self.check_image_size(image_size)
         return {
             "input_size": size,
             "resize_size": round(size / self.crop_pct),
@@ -367,6 +378,27 @@ register(
         params=62_006,
         min_input_size=32,
         description="LeNet-5 (LeCun 1998) for 32 px images; no pretrained weights: a from-scratch baseline",
+    )
+)
+
+
+register(
+    BackboneSpec(
+        name="alexnet_bvlc",
+        source="transferkit",
+        arch="BvlcAlexNet",
+        feature_dim=4096,
+        classifier="classifier.6",
+        stages=("features.3", "features.7", "features.14"),
+        layer_groups=(("features.0",), ("features.4",), ("features.8", "features.10", "features.12"), ("classifier.0",), ("classifier.3",)),
+        input_size=227,
+        resize_size=227,
+        mean=(123.68 / 255, 116.78 / 255, 103.94 / 255),  # Caffe: 0-255 pixels minus the mean pixel
+        std=(1 / 255, 1 / 255, 1 / 255),
+        params=60_965_224,
+        min_input_size=227,
+        fixed_input_size=True,
+        description="Caffe's BVLC AlexNet (grouped convs, LRN), 227 px; weights: the lab's bvlc-alexnet.npy with --trust-pickle",
     )
 )
 
