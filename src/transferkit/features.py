@@ -1,0 +1,285 @@
+"""Bottleneck features, computed once and cached on disk.
+
+A frozen backbone maps an image to the same features every time, so they are computed once and
+reused by every head trained on them.  A cache entry is keyed by everything that changes the
+numbers (backbone, weights digest, layer, preprocessing, data fingerprint).  It is written in
+chunks (an interrupted run resumes at the first missing chunk), finalised atomically (meta.json
+is written last: no meta, not complete), checksummed, and read memory-mapped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from filelock import FileLock
+
+from transferkit.backbones import Backbone, build_backbone
+from transferkit.errors import TransferkitError
+from transferkit.loader import ImageSource, iterate_batches
+
+CACHE_VERSION = 1
+META = "meta.json"
+
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """``cache_dir``, else $TRANSFERKIT_CACHE, else the platform's user cache folder."""
+    if cache_dir is None:
+        cache_dir = os.environ.get("TRANSFERKIT_CACHE") or None
+    if cache_dir is None:
+        from platformdirs import user_cache_dir
+
+        cache_dir = user_cache_dir("transferkit")
+    return Path(cache_dir) / "features"
+
+
+def cache_key(backbone: Backbone, layer: str, image_size: int | None, data_fingerprint: str) -> tuple[str, dict]:
+    """A content address for the features, and the description it was derived from."""
+    description = {
+        "version": CACHE_VERSION,
+        "backbone": backbone.spec.name,
+        "weights": backbone.weights_digest,
+        "layer": layer,
+        "preprocessing": backbone.spec.preprocessing(image_size),
+        "data": data_fingerprint,
+    }
+    key = hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:24]
+    return key, description
+
+
+@dataclass
+class CachedFeatures:
+    """Features of one labelled image set; rows of images that failed to decode are zero."""
+
+    features: np.ndarray  # N x D float32, memory-mapped
+    labels: np.ndarray  # N int64
+    ok: np.ndarray  # N bool: the image decoded
+    path: Path
+    hit: bool  # read from the cache rather than computed now
+    seconds: float  # time spent computing (0 on a hit)
+    failures: list[dict] = field(default_factory=list)  # {"index", "sample", "reason"}
+
+    @property
+    def dim(self) -> int:
+        return self.features.shape[1]
+
+    def usable(self) -> tuple[np.ndarray, np.ndarray]:
+        """(X, y) of the images that decoded."""
+        return np.asarray(self.features[self.ok]), self.labels[self.ok]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_entry(path: Path, verify: bool = True) -> CachedFeatures | None:
+    """A complete cache entry, or None if it is incomplete; a damaged one is an error."""
+    meta_path = path / META
+    if not meta_path.is_file():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        if verify:
+            for name, digest in meta["sha256"].items():
+                if _sha256(path / name) != digest:
+                    raise ValueError(f"{name} does not match its checksum")
+        features = np.load(path / "features.npy", mmap_mode="r")
+        labels = np.load(path / "labels.npy")
+        ok = np.load(path / "ok.npy")
+    except (OSError, ValueError, KeyError) as err:
+        raise TransferkitError(
+            f"feature cache entry {path} is damaged ({err}); remove it with `transferkit cache remove {path.name}` and rerun"
+        ) from None
+    return CachedFeatures(features, labels, ok, path, hit=True, seconds=0.0, failures=meta.get("failures", []))
+
+
+def _write_chunk(partial: Path, index: int, features: np.ndarray, ok: np.ndarray, failures: list[dict]) -> None:
+    tmp = partial / f"chunk-{index:06d}.tmp.npz"
+    with open(tmp, "wb") as f:
+        np.savez(f, features=features, ok=ok, failures=np.array(json.dumps(failures)))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, partial / f"chunk-{index:06d}.npz")
+
+
+def _finalise(path: Path, partial: Path, n_chunks: int, labels: np.ndarray, description: dict, extra: dict) -> list[dict]:
+    """Stream the chunks into one memory-mappable array; meta.json last marks completion."""
+    chunks = [partial / f"chunk-{i:06d}.npz" for i in range(n_chunks)]
+    first = np.load(chunks[0])
+    dim = first["features"].shape[1]
+    features = np.lib.format.open_memmap(path / "features.npy", mode="w+", dtype=np.float32, shape=(len(labels), dim))
+    ok = np.zeros(len(labels), dtype=bool)
+    failures: list[dict] = []
+    row = 0
+    for chunk_path in chunks:
+        with np.load(chunk_path) as chunk:
+            n = len(chunk["ok"])
+            features[row : row + n] = chunk["features"]
+            ok[row : row + n] = chunk["ok"]
+            failures += json.loads(str(chunk["failures"]))
+            row += n
+    features.flush()
+    del features
+    np.save(path / "labels.npy", labels)
+    np.save(path / "ok.npy", ok)
+    meta = {
+        **description,
+        **extra,
+        "count": int(len(labels)),
+        "dim": int(dim),
+        "failures": failures,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "sha256": {name: _sha256(path / name) for name in ("features.npy", "labels.npy", "ok.npy")},
+    }
+    _atomic_write_bytes(path / META, json.dumps(meta, indent=1).encode())
+    shutil.rmtree(partial, ignore_errors=True)
+    return failures
+
+
+def extract_features(
+    samples: Sequence[ImageSource],
+    labels: Sequence[int] | np.ndarray,
+    backbone: Backbone | str,
+    *,
+    data_fingerprint: str,
+    layer: str = "penultimate",
+    image_size: int | None = None,
+    batch_size: int = 32,
+    num_workers: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    chunk_batches: int = 16,
+    progress: bool | str = False,
+    description: dict | None = None,
+) -> CachedFeatures:
+    """Features of ``samples`` at ``layer``, from the cache or computed (and cached) now.
+
+    The work is cut into chunks of ``chunk_batches`` batches; chunk boundaries fall on batch
+    boundaries, so a resumed run batches every image exactly as an uninterrupted one would
+    and gives bit-identical features.
+    """
+    if isinstance(backbone, str):
+        backbone = build_backbone(backbone)
+    if batch_size < 1:
+        raise TransferkitError(f"--batch-size must be at least 1, got {batch_size}")
+    backbone.spec.check_image_size(image_size)
+    if layer != "penultimate":
+        from transferkit.backbones import parse_layer
+
+        parse_layer(layer, backbone.spec)
+    labels = np.asarray(labels, dtype=np.int64)
+    key, key_description = cache_key(backbone, layer, image_size, data_fingerprint)
+    root = cache_root(cache_dir)
+    path = root / key
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root / f"{key}.lock")):  # a second process waits, then finds the entry complete
+        found = read_entry(path)
+        if found is not None:
+            return found
+        started = time.perf_counter()
+        partial = path / "partial"
+        partial.mkdir(parents=True, exist_ok=True)
+        chunk_size = batch_size * chunk_batches
+        n_chunks = max(1, -(-len(samples) // chunk_size))
+        done = {int(p.name[6:12]) for p in partial.glob("chunk-??????.npz")}
+        todo = [c for c in range(n_chunks) if c not in done]
+        order = [i for c in todo for i in range(c * chunk_size, min((c + 1) * chunk_size, len(samples)))]
+        if todo:
+            _compute_chunks(backbone, samples, order, todo, chunk_size, partial, layer, image_size, batch_size, num_workers, progress, len(done))
+        failures = _finalise(path, partial, n_chunks, labels, key_description, description or {})
+        entry = read_entry(path, verify=False)
+    entry.hit = False
+    entry.seconds = time.perf_counter() - started
+    entry.failures = failures
+    return entry
+
+
+def _compute_chunks(backbone, samples, order, todo, chunk_size, partial, layer, image_size, batch_size, num_workers, progress, n_done) -> None:
+    """Run the backbone over the images of the ``todo`` chunks, writing each chunk when full."""
+    channels_last = backbone.spec.source != "transferkit"  # faster for the library convnets on CPU
+    if channels_last:
+        backbone = backbone.to(memory_format=torch.channels_last)
+    size = image_size or backbone.spec.input_size
+    with torch.inference_mode():
+        dim = backbone.features(torch.zeros(1, 3, size, size), layer).shape[1]
+    sources = [samples[i] for i in order]
+    label = progress if isinstance(progress, str) else "extract"
+    if n_done:
+        label = f"{label} (resuming after {n_done} cached chunks)"
+    pending = iter(todo)
+    chunk = next(pending)
+    rows, ok, failures = [], [], []
+    seen = 0  # images of ``sources`` consumed so far
+    with torch.inference_mode():
+        batches = iterate_batches(sources, backbone.transform(image_size), batch_size=batch_size, num_workers=num_workers, progress=label if progress else False)
+        for batch in batches:
+            n = len(batch.indices) + len(batch.failures)
+            batch_rows = np.zeros((n, dim), dtype=np.float32)
+            batch_ok = np.zeros(n, dtype=bool)
+            if batch.images is not None:
+                x = batch.images.contiguous(memory_format=torch.channels_last) if channels_last else batch.images
+                local = np.asarray(batch.indices) - seen
+                batch_rows[local] = backbone.features(x, layer).float().numpy()
+                batch_ok[local] = True
+            failures += [{"index": order[i], "sample": _describe(sources[i]), "reason": reason} for i, reason in batch.failures]
+            rows.append(batch_rows)
+            ok.append(batch_ok)
+            seen += n
+            if sum(len(r) for r in rows) == min(chunk_size, len(samples) - chunk * chunk_size):
+                _write_chunk(partial, chunk, np.concatenate(rows), np.concatenate(ok), failures)
+                rows, ok, failures = [], [], []
+                chunk = next(pending, None)
+
+
+def _describe(source: ImageSource) -> str:
+    return str(source) if isinstance(source, (str, os.PathLike)) else f"<{type(source).__name__}>"
+
+
+def list_entries(cache_dir: str | os.PathLike | None = None) -> list[dict]:
+    """Every cache entry with its description, size and whether it is complete."""
+    root = cache_root(cache_dir)
+    entries = []
+    for path in sorted(p for p in root.glob("*") if p.is_dir()) if root.is_dir() else []:
+        size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        try:
+            meta = json.loads((path / META).read_text())
+            complete = True
+        except (OSError, ValueError):
+            meta, complete = {}, False
+        entries.append({"key": path.name, "complete": complete, "bytes": size, **{k: meta.get(k) for k in ("backbone", "layer", "dataset", "split", "count", "dim", "created")}})
+    return entries
+
+
+def remove_entries(keys: Sequence[str], cache_dir: str | os.PathLike | None = None) -> list[str]:
+    """Delete entries by key (or unique key prefix); returns the keys removed."""
+    root = cache_root(cache_dir)
+    existing = [p.name for p in root.glob("*") if p.is_dir()] if root.is_dir() else []
+    removed = []
+    for key in keys:
+        matches = [k for k in existing if k.startswith(key)]
+        if len(matches) != 1:
+            raise TransferkitError(f"no single cache entry starts with {key!r} ({len(matches)} match); see `transferkit cache list`")
+        shutil.rmtree(root / matches[0])
+        (root / f"{matches[0]}.lock").unlink(missing_ok=True)
+        removed.append(matches[0])
+    return removed

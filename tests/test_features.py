@@ -1,0 +1,142 @@
+"""The bottleneck-feature cache: hits, layers, resume after SIGKILL, damage detection."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from transferkit import TransferkitError, build_backbone
+from transferkit.features import extract_features, list_entries, read_entry, remove_entries
+
+
+@pytest.fixture(scope="module")
+def images():
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 255, (36, 36, 3), dtype=np.uint8) for _ in range(45)], rng.integers(0, 3, 45)
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    return build_backbone("resnet18", pretrained=False, seed=1)
+
+
+def _extract(images, backbone, cache, **kwargs):
+    samples, labels = images
+    kwargs = {"image_size": 40, "batch_size": 8, "chunk_batches": 2, "cache_dir": cache, "data_fingerprint": "fp", **kwargs}
+    return extract_features(samples, labels, backbone, **kwargs)
+
+
+def test_features_match_the_backbone_and_second_run_hits(tmp_path, images, resnet):
+    first = _extract(images, resnet, tmp_path)
+    assert not first.hit and first.features.shape == (45, 512) and first.ok.all()
+    transform = resnet.transform(40)
+    with torch.inference_mode():
+        direct = resnet.forward_features(torch.stack([transform(torch.as_tensor(im).permute(2, 0, 1)) for im in images[0][:5]]))
+    np.testing.assert_allclose(first.features[:5], direct.numpy(), rtol=1e-4, atol=1e-4)
+    second = _extract(images, resnet, tmp_path)
+    assert second.hit and np.array_equal(first.features, second.features)
+    assert isinstance(second.features, np.memmap)
+
+
+def test_everything_that_changes_numbers_changes_the_key(tmp_path, images, resnet):
+    _extract(images, resnet, tmp_path)
+    stage = _extract(images, resnet, tmp_path, layer="stage2")
+    assert stage.features.shape == (45, 128) and not stage.hit
+    assert not _extract(images, resnet, tmp_path, image_size=48).hit
+    assert not _extract(images, resnet, tmp_path, data_fingerprint="other").hit
+    assert not _extract(images, build_backbone("resnet18", pretrained=False, seed=2), tmp_path).hit
+    assert len(list_entries(tmp_path)) == 5
+
+
+def test_bad_images_are_skipped_and_reported(tmp_path, resnet):
+    good = np.full((36, 36, 3), 100, np.uint8)
+    missing = tmp_path / "missing.png"
+    result = extract_features([good, missing, good], [0, 1, 0], resnet, data_fingerprint="b", image_size=40, cache_dir=tmp_path)
+    assert result.ok.tolist() == [True, False, True]
+    assert result.failures[0]["index"] == 1 and "no such file" in result.failures[0]["reason"]
+    assert not result.features[1].any()
+    X, y = result.usable()
+    assert X.shape == (2, 512) and y.tolist() == [0, 0]
+
+
+def test_damaged_entry_is_detected(tmp_path, images, resnet):
+    entry = _extract(images, resnet, tmp_path)
+    with open(entry.path / "features.npy", "r+b") as f:
+        f.seek(-4, os.SEEK_END)
+        f.write(b"\x00\x01\x02\x03")
+    with pytest.raises(TransferkitError, match="damaged.*cache remove"):
+        _extract(images, resnet, tmp_path)
+    remove_entries([entry.path.name[:8]], tmp_path)
+    assert not _extract(images, resnet, tmp_path).hit
+
+
+def test_incomplete_entry_is_never_used(tmp_path, images, resnet):
+    entry = _extract(images, resnet, tmp_path)
+    (entry.path / "meta.json").unlink()  # as if killed while finalising
+    assert read_entry(entry.path) is None
+    assert not list_entries(tmp_path)[0]["complete"]
+    again = _extract(images, resnet, tmp_path)
+    assert not again.hit and np.array_equal(again.features, entry.features)
+
+
+def test_bad_layer_and_size_are_clear(tmp_path, images, resnet):
+    with pytest.raises(TransferkitError, match="stage1..stage4"):
+        _extract(images, resnet, tmp_path, layer="stage7")
+    with pytest.raises(TransferkitError, match="too small"):
+        _extract(images, resnet, tmp_path, image_size=8)
+
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    from transferkit import build_backbone
+    from transferkit.features import extract_features
+    rng = np.random.default_rng(0)
+    samples = [rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) for _ in range(96)]
+    backbone = build_backbone("efficientnet_lite0")
+    result = extract_features(samples, np.arange(96) % 4, backbone, data_fingerprint="kill", batch_size=8,
+                              chunk_batches=1, num_workers=0, cache_dir=sys.argv[1], progress=True)
+    print("hit" if result.hit else "computed")
+    """
+)
+
+
+def _run(script, cache):
+    return subprocess.Popen([sys.executable, str(script), str(cache)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_extraction_killed_part_way_resumes_to_identical_features(tmp_path):
+    script = tmp_path / "extract.py"
+    script.write_text(SCRIPT)
+    reference = _run(script, tmp_path / "reference")
+    assert reference.wait(timeout=300) == 0
+
+    killed = tmp_path / "killed"
+    process = _run(script, killed)
+    deadline = time.time() + 240
+    chunks = []
+    while time.time() < deadline and len(chunks) < 3 and process.poll() is None:
+        chunks = list(killed.glob("features/*/partial/chunk-*.npz"))
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert 3 <= len(chunks) < 12, "the run should have been killed part-way"
+    assert not list(killed.glob("features/*/meta.json"))
+
+    resumed = _run(script, killed)
+    stdout, stderr = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0 and stdout.strip() == "computed"
+    assert "resuming after" in stderr  # the cached chunks were reused, not recomputed
+    a = read_entry(next((tmp_path / "reference").glob("features/*/")))
+    b = read_entry(next(killed.glob("features/*/")))
+    assert np.array_equal(a.features, b.features) and np.array_equal(a.labels, b.labels)
+    meta = json.loads((b.path / "meta.json").read_text())
+    assert meta["count"] == 96 and meta["backbone"] == "efficientnet_lite0"
