@@ -104,6 +104,10 @@ class BackboneSpec:
         }
 
 
+def _tracing() -> bool:
+    return torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting()
+
+
 class _StopForward(Exception):
     """Raised by a hook to end a forward pass once the wanted stage has run."""
 
@@ -127,8 +131,8 @@ class Backbone(nn.Module):
 
     @property
     def num_classes(self) -> int:
-        last = [m for m in self.classifier.modules() if isinstance(m, nn.Linear)][-1]
-        return last.out_features
+        linears = [m for m in self.classifier.modules() if isinstance(m, nn.Linear)]
+        return linears[-1].out_features if linears else 0  # 0: the classifier was removed
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
@@ -153,7 +157,8 @@ class Backbone(nn.Module):
 
         def hook(_module, _inputs, output):
             captured.append(output)
-            raise _StopForward
+            if not _tracing():  # an exporter records ops, so let it run through; the rest is dead code
+                raise _StopForward
 
         handle = self.stage_module(stage).register_forward_hook(hook)
         try:

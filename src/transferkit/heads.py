@@ -131,7 +131,7 @@ class SVMHead(ClassifierMixin, BaseEstimator):
         if self.kernel == "linear":
             return _standardised_linear(self.scaler_, coef, intercept)
         return nn.Sequential(
-            NystroemRBF(self.scaler_, self.kernel_map_), _standardised_linear(_identity_scaler(coef.shape[1]), coef, intercept)
+            RBFFeatures.from_sklearn(self.scaler_, self.kernel_map_), _standardised_linear(_identity_scaler(coef.shape[1]), coef, intercept)
         )
 
 
@@ -141,16 +141,24 @@ def _identity_scaler(dim: int) -> StandardScaler:
     return scaler
 
 
-class NystroemRBF(nn.Module):
+class RBFFeatures(nn.Module):
     """Standardise, then scikit-learn's Nystroem RBF feature map, in torch."""
 
-    def __init__(self, scaler: StandardScaler, kernel_map: Nystroem):
+    def __init__(self, in_dim: int, n_components: int):
         super().__init__()
-        self.register_buffer("mean", torch.as_tensor(scaler.mean_, dtype=torch.float32))
-        self.register_buffer("scale", torch.as_tensor(scaler.scale_, dtype=torch.float32))
-        self.register_buffer("landmarks", torch.as_tensor(kernel_map.components_, dtype=torch.float32))
-        self.register_buffer("normalization", torch.as_tensor(kernel_map.normalization_, dtype=torch.float32))
-        self.register_buffer("gamma", torch.tensor(float(kernel_map.gamma), dtype=torch.float32))
+        self.in_dim, self.n_components = in_dim, n_components
+        self.register_buffer("mean", torch.zeros(in_dim))
+        self.register_buffer("scale", torch.ones(in_dim))
+        self.register_buffer("landmarks", torch.zeros(n_components, in_dim))
+        self.register_buffer("normalization", torch.eye(n_components))
+        self.register_buffer("gamma", torch.tensor(1.0))
+
+    @classmethod
+    def from_sklearn(cls, scaler: StandardScaler, kernel_map: Nystroem) -> "RBFFeatures":
+        module = cls(*kernel_map.components_.shape[::-1])
+        for name, value in (("mean", scaler.mean_), ("scale", scaler.scale_), ("landmarks", kernel_map.components_), ("normalization", kernel_map.normalization_), ("gamma", kernel_map.gamma)):
+            getattr(module, name).copy_(torch.as_tensor(value, dtype=torch.float32))
+        return module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = (x - self.mean) / self.scale

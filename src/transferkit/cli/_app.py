@@ -29,7 +29,7 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show full traceback
         os.environ["TRANSFERKIT_DEBUG"] = "1"
 
 
-def command(name: str | None = None, **kwargs: Any) -> Callable:
+def command(name: str | None = None, *, app: typer.Typer = app, **kwargs: Any) -> Callable:
     """Register a command whose errors end as one readable line and exit code 1."""
 
     def register(fn: Callable) -> Callable:

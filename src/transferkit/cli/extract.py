@@ -1,0 +1,63 @@
+"""`transferkit extract`: bottleneck features of every split, cached for the heads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from transferkit.cli._app import JSON, MODEL, NO_PRETRAINED, TRUST_PICKLE, WEIGHTS, command, print_json
+from transferkit.errors import TransferkitError
+
+LAYER = typer.Option("penultimate", "--layer", help="penultimate, or stageN for pooled features of an earlier stage.")
+CACHE_DIR = typer.Option(None, "--cache-dir", help="Feature cache folder (default: $TRANSFERKIT_CACHE or the user cache).")
+
+
+@command("extract")
+def extract(
+    data: str = typer.Argument(..., help="Image folder, CSV, cifar10[:ROOT], gtsrb[:ROOT], file.p, or digits."),
+    model: str = MODEL,
+    layer: str = LAYER,
+    image_size: int = typer.Option(None, "--image-size", help="Input size (default: the backbone's)."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    num_workers: int = typer.Option(None, "--workers", min=0, help="DataLoader workers decoding images."),
+    cache_dir: Path = CACHE_DIR,
+    weights: Path = WEIGHTS,
+    no_pretrained: bool = NO_PRETRAINED,
+    trust_pickle: bool = TRUST_PICKLE,
+    strict: bool = typer.Option(False, "--strict", help="Fail if any image cannot be decoded."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the train/val split."),
+    chunk_batches: int = typer.Option(16, "--chunk-batches", min=1, hidden=True),
+    as_json: bool = JSON,
+) -> None:
+    """Compute (or reuse) the bottleneck features of DATA, split by split."""
+    from transferkit.backbones import build_backbone
+    from transferkit.data import Dataset, load_data
+    from transferkit.features import extract_features
+
+    dataset = load_data(data, trust_pickle=trust_pickle, seed=seed)
+    if not isinstance(dataset, Dataset):
+        raise TransferkitError(f"{data} already holds bottleneck features; train a head on it with `transferkit train`")
+    backbone = build_backbone(model, pretrained=not no_pretrained, weights=str(weights) if weights else None, trust_pickle=trust_pickle)
+    rows = []
+    for split, images in dataset.splits.items():
+        result = extract_features(
+            images.samples, images.labels, backbone, data_fingerprint=images.fingerprint(), layer=layer,
+            image_size=image_size, batch_size=batch_size, num_workers=num_workers, cache_dir=cache_dir,
+            chunk_batches=chunk_batches, progress=f"extract {split}", description={"dataset": dataset.name, "split": split},
+        )  # fmt: skip
+        rows.append({"split": split, "images": len(images), "dim": result.dim, "cache": "hit" if result.hit else "computed",
+                     "seconds": round(result.seconds, 2), "skipped": result.failures, "key": result.path.name})  # fmt: skip
+        if not as_json:
+            rate = f", {len(images) / result.seconds:.1f} img/s" if result.seconds else ""
+            status = "cache hit" if result.hit else f"computed in {result.seconds:.1f}s{rate}"
+            typer.echo(f"{split}: {len(images)} images x {result.dim} features ({status}) [{result.path.name}]")
+        for failure in result.failures:
+            typer.echo(f"skipped: {failure['reason']}", err=True)
+    skipped = sum(len(r["skipped"]) for r in rows)
+    if as_json:
+        print_json({"data": dataset.name, "model": model, "layer": layer, "splits": rows})
+    if skipped:
+        typer.echo(f"{skipped} images could not be decoded and were skipped (listed above)", err=True)
+        if strict:
+            raise typer.Exit(1)

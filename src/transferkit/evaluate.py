@@ -1,0 +1,35 @@
+"""A trained run measured on labelled data."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from transferkit.errors import TransferkitError
+from transferkit.report import classification_metrics
+from transferkit.runs import load_run
+
+
+def evaluate_run(run_dir, data, *, split: str | None = None, trust_pickle: bool = False, batch_size: int = 32) -> dict:
+    """Accuracy, per-class precision/recall and confusion matrix of ``run_dir`` on ``data``."""
+    from transferkit.data import Dataset, load_data
+
+    run = load_run(run_dir)
+    dataset = data if isinstance(data, Dataset) else load_data(str(data), trust_pickle=trust_pickle)
+    if not isinstance(dataset, Dataset):
+        raise TransferkitError(f"{data} holds features, not images; a run evaluates images")
+    split = split or ("test" if dataset.splits.get("test") is not None else "all")
+    if split == "all":
+        parts = [s for s in dataset.splits.values() if s is not None]
+    elif dataset.splits.get(split) is not None:
+        parts = [dataset.splits[split]]
+    else:
+        raise TransferkitError(f"{dataset.name} has no {split!r} split: choose from {', '.join(dataset.splits)} or all")
+    unknown = sorted(set(dataset.classes) - set(run.classes))
+    if unknown:
+        raise TransferkitError(f"{dataset.name} has classes the run was not trained on: {', '.join(unknown[:5])}")
+    to_run = np.array([run.classes.index(name) for name in dataset.classes])
+    samples = [s for part in parts for s in part.samples]
+    labels = to_run[np.concatenate([part.labels for part in parts])]
+    probs, ok, failures = run.scores(samples, batch_size=batch_size, progress="evaluate")
+    metrics = classification_metrics(labels[ok], probs[ok].argmax(1), run.classes)
+    return {"split": split, **metrics, "skipped": len(failures)}

@@ -1,0 +1,181 @@
+"""Run folders: a trained classifier saved so it can be rebuilt anywhere, and loaded back.
+
+A run folder holds ``model.safetensors`` (the whole network: backbone + head), ``model.json``
+(what is needed to rebuild it: backbone, layer, head shape, preprocessing, class names),
+``config.json``, ``metrics.json`` (and ``metrics.csv`` per epoch for end-to-end runs), the
+plots and ``report.md``.  Nothing in it is pickled and no absolute path is recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from transferkit.backbones import Backbone, build_backbone
+from transferkit.errors import TransferkitError
+
+FORMAT_VERSION = 1
+MODEL_FILE = "model.safetensors"
+MODEL_META = "model.json"
+
+
+class TrainedModel(nn.Module):
+    """Backbone features at ``layer`` followed by a trained head: images in, class scores out."""
+
+    def __init__(self, backbone: Backbone, head: nn.Module, layer: str = "penultimate"):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.layer = layer
+        backbone.classifier = nn.Identity()  # the head replaces the ImageNet classifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone.features(x, self.layer))
+
+
+def build_head(description: dict) -> nn.Module:
+    """An untrained head module with the shape ``description`` records (see heads.to_module)."""
+    kind = description["type"]
+    dims = description["dims"]
+    if kind == "linear":
+        return nn.Linear(dims[0], dims[1])
+    if kind == "mlp":
+        return nn.Sequential(nn.Linear(dims[0], dims[1]), nn.ReLU(), nn.Linear(dims[1], dims[2]))
+    if kind == "dropout-linear":
+        return nn.Sequential(nn.Dropout(description.get("dropout", 0.0)), nn.Linear(dims[0], dims[1]))
+    if kind == "rbf":
+        from transferkit.heads import RBFFeatures
+
+        return nn.Sequential(RBFFeatures(dims[0], dims[1]), nn.Linear(dims[1], dims[2]))
+    raise TransferkitError(f"unknown head type {kind!r} in {MODEL_META}; this run needs a newer transferkit")
+
+
+def describe_head(head: nn.Module) -> dict:
+    """The shape of a head module, enough to rebuild it with :func:`build_head`."""
+    from transferkit.heads import RBFFeatures
+
+    if isinstance(head, nn.Linear):
+        return {"type": "linear", "dims": [head.in_features, head.out_features]}
+    layers = list(head)
+    if isinstance(layers[0], nn.Dropout):
+        return {"type": "dropout-linear", "dims": [layers[1].in_features, layers[1].out_features], "dropout": layers[0].p}
+    if isinstance(layers[0], RBFFeatures):
+        return {"type": "rbf", "dims": [layers[0].in_dim, layers[0].n_components, layers[1].out_features]}
+    return {"type": "mlp", "dims": [layers[0].in_features, layers[0].out_features, layers[2].out_features]}
+
+
+@dataclass
+class Run:
+    """A trained classifier and what it was trained on."""
+
+    path: Path | None
+    model: TrainedModel
+    classes: list[str]
+    image_size: int
+    meta: dict
+
+    @property
+    def transform(self):
+        return self.model.backbone.transform(self.image_size)
+
+    def predict(self, images: Sequence, *, top_k: int = 5, batch_size: int = 32, progress: bool | str = False) -> list[dict]:
+        """Top-k classes per image (paths, folders, PIL images or arrays), in input order."""
+        from transferkit.asis import classify_batches
+
+        return classify_batches(self.model, images, self.transform, self.classes, top_k=top_k, batch_size=batch_size, progress=progress)
+
+    def scores(self, samples: Sequence, *, batch_size: int = 32, progress: bool | str = False) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+        """Class probabilities for ``samples``: (probabilities, ok mask, failures)."""
+        from transferkit.loader import iterate_batches
+
+        probs = np.zeros((len(samples), len(self.classes)), dtype=np.float32)
+        ok = np.zeros(len(samples), dtype=bool)
+        failures = []
+        self.model.eval()
+        with torch.inference_mode():
+            for batch in iterate_batches(samples, self.transform, batch_size=batch_size, progress=progress):
+                failures += [{"index": i, "reason": r} for i, r in batch.failures]
+                if batch.images is not None:
+                    probs[batch.indices] = self.model(batch.images).softmax(1).numpy()
+                    ok[batch.indices] = True
+        return probs, ok, failures
+
+
+def save_run(run_dir: Path, model: TrainedModel, *, classes: list[str], image_size: int, head_kind: str, extra: dict | None = None) -> dict:
+    """Write the model and its description; returns the description."""
+    from transferkit import __version__
+    from transferkit.weights import save_state_dict
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    spec = model.backbone.spec
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "transferkit_version": __version__,
+        "backbone": spec.name,
+        "weights_source": model.backbone.weights_source,
+        "weights_digest": model.backbone.weights_digest,
+        "layer": model.layer,
+        "strategy": head_kind,
+        "head": describe_head(model.head),
+        "classes": list(classes),
+        "image_size": image_size,
+        "preprocessing": spec.preprocessing(image_size),
+        **(extra or {}),
+    }
+    state = {k: v for k, v in model.state_dict().items()}
+    save_state_dict(state, run_dir / (MODEL_FILE + ".tmp"))
+    os.replace(run_dir / (MODEL_FILE + ".tmp"), run_dir / MODEL_FILE)
+    write_json(run_dir / MODEL_META, meta)
+    return meta
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write JSON atomically: a reader never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=_jsonable) + "\n")
+    os.replace(tmp, path)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, (np.ndarray,)):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+def load_run(run_dir: str | os.PathLike) -> Run:
+    """Rebuild a trained classifier from its run folder (no pickle, no network)."""
+    from transferkit.weights import read_state_dict
+
+    run_dir = Path(run_dir)
+    meta_path = run_dir / MODEL_META
+    if not meta_path.is_file() or not (run_dir / MODEL_FILE).is_file():
+        raise TransferkitError(f"{run_dir} is not a finished run folder (no {MODEL_META} / {MODEL_FILE}); train one with `transferkit train`")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except ValueError:
+        raise TransferkitError(f"{meta_path} is not valid JSON; the run folder is damaged") from None
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise TransferkitError(
+            f"{run_dir} was written by transferkit {meta.get('transferkit_version', '?')} in run format "
+            f"{meta.get('format_version')}; this version reads format {FORMAT_VERSION}"
+        )
+    backbone = build_backbone(meta["backbone"], pretrained=False, seed=None)
+    model = TrainedModel(backbone, build_head(meta["head"]), meta["layer"])
+    state = read_state_dict(run_dir / MODEL_FILE)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise TransferkitError(f"{run_dir / MODEL_FILE} does not fit the model {MODEL_META} describes ({str(err).splitlines()[0]})") from None
+    backbone.weights_source, backbone.weights_digest = meta["weights_source"], meta["weights_digest"]
+    return Run(run_dir, model.eval(), meta["classes"], meta["image_size"], meta)

@@ -1,0 +1,302 @@
+"""Training strategies, one entry point: labelled images in, a saved and evaluated run out.
+
+Heads on cached features (``linear``, ``svm``, ``mlp``) are scikit-learn estimators folded
+into a torch head; end-to-end strategies (``frozen``, ``finetune``, ``scratch``) run on
+Lightning's Trainer (see finetune.py).  Every run writes the same artifacts (see runs.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from transferkit.backbones import DEFAULT_MODEL, build_backbone
+from transferkit.errors import TransferkitError
+
+FEATURE_STRATEGIES = ("linear", "svm", "mlp")
+END_TO_END_STRATEGIES = ("frozen", "finetune", "scratch")
+STRATEGIES = FEATURE_STRATEGIES + END_TO_END_STRATEGIES + ("auto",)
+
+
+@dataclass
+class TrainOptions:
+    """Everything `transferkit train` takes; the resolved copy is saved as config.json."""
+
+    model: str = DEFAULT_MODEL
+    strategy: str = "linear"
+    layer: str = "penultimate"
+    kernel: str = "linear"
+    image_size: int | None = None
+    batch_size: int = 32
+    epochs: int = 10
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    dropout: float = 0.2
+    label_smoothing: float = 0.0
+    augment: str = "light"
+    patience: int | None = None
+    balance: str | None = None
+    unfreeze: str = "all"
+    backbone_lr_mult: float = 0.1
+    head_epochs: int = 1
+    gradual: bool = False
+    per_class: int | None = None
+    seed: int = 0
+    val_fraction: float = 0.2
+    pretrained: bool = True
+    weights: str | None = None
+    trust_pickle: bool = False
+    cache_dir: str | None = None
+    devices: str = "auto"
+    num_workers: int | None = None
+
+    def check(self) -> None:
+        """Refuse impossible settings with one line each, before any work starts."""
+        if self.strategy not in STRATEGIES:
+            raise TransferkitError(f"unknown strategy {self.strategy!r}: use one of {', '.join(STRATEGIES)}")
+        for name in ("batch_size", "epochs"):
+            if getattr(self, name) < 1:
+                raise TransferkitError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.lr < 0 or self.weight_decay < 0 or not 0 <= self.dropout < 1 or not 0 <= self.label_smoothing < 1:
+            raise TransferkitError("--lr and --weight-decay must be >= 0; --dropout and --label-smoothing in [0, 1)")
+        if self.per_class is not None and self.per_class < 1:
+            raise TransferkitError(f"--per-class must be at least 1, got {self.per_class}")
+        if not 0 < self.val_fraction < 1:
+            raise TransferkitError(f"--val-fraction must be between 0 and 1, got {self.val_fraction}")
+        if self.augment not in ("none", "light", "strong"):
+            raise TransferkitError(f"--augment must be none, light or strong, got {self.augment!r}")
+        if self.balance not in (None, "weights", "sampler"):
+            raise TransferkitError(f"--balance must be weights or sampler, got {self.balance!r}")
+        if self.kernel not in ("linear", "rbf"):
+            raise TransferkitError(f"--kernel must be linear or rbf, got {self.kernel!r}")
+        if self.unfreeze != "all" and not (str(self.unfreeze).isdigit() and int(self.unfreeze) >= 0):
+            raise TransferkitError(f"--unfreeze must be a number of layer groups or 'all', got {self.unfreeze!r}")
+        if self.layer != "penultimate" and self.strategy in END_TO_END_STRATEGIES:
+            raise TransferkitError(f"--layer applies to heads on features ({', '.join(FEATURE_STRATEGIES)}), not to {self.strategy}")
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    metrics: dict
+    run: Any = field(repr=False, default=None)  # runs.Run, loaded and ready to predict
+
+
+def train(data, out: str | Path | None = None, *, resume: bool = False, progress: bool = True, **options) -> TrainResult:
+    """Train a classifier on ``data`` (a DATA string or a loaded Dataset) and save the run.
+
+    ``options`` are the fields of :class:`TrainOptions`.  ``out`` is the run folder
+    (default ``runs/<data>-<model>-<strategy>``); ``resume`` continues an interrupted
+    end-to-end run from its last checkpoint.
+    """
+    from transferkit.data import Dataset, load_data
+
+    unknown = set(options) - {f.name for f in dataclasses.fields(TrainOptions)}
+    if unknown:
+        raise TypeError(f"unknown training options: {', '.join(sorted(unknown))}")
+    opts = TrainOptions(**options)
+    if resume and out is not None and (Path(out) / "config.json").is_file():
+        opts = _resumed_options(Path(out), opts)
+    opts.check()
+    dataset = data if isinstance(data, Dataset) else load_data(str(data), trust_pickle=opts.trust_pickle, val_fraction=opts.val_fraction, seed=opts.seed)
+    if not isinstance(dataset, Dataset):
+        return _train_on_bottleneck_features(dataset, opts, out)
+    if opts.strategy == "auto":
+        from transferkit.advise import advise
+
+        advice = advise(dataset, model=opts.model, cache_dir=opts.cache_dir, progress=progress)
+        opts = dataclasses.replace(opts, **advice.train_options)
+    train_set = dataset.train.per_class(opts.per_class, seed=opts.seed) if opts.per_class else dataset.train
+    missing = set(range(len(dataset.classes))) - set(np.unique(train_set.labels).tolist())
+    if missing:
+        raise TransferkitError(f"the training split has no images of class(es) {', '.join(dataset.classes[i] for i in sorted(missing))}")
+    run_dir = Path(out) if out else Path("runs") / f"{dataset.name}-{opts.model}-{opts.strategy}"
+    if not resume and (run_dir / "model.json").exists():
+        raise TransferkitError(f"{run_dir} already holds a finished run; choose another --out or remove it")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    from transferkit.runs import write_json
+
+    write_json(run_dir / "config.json", {"data": dataset.name, "classes": dataset.classes, **dataclasses.asdict(opts)})
+    if opts.strategy in FEATURE_STRATEGIES:
+        model, history, timings = _train_head(dataset, train_set, opts, progress)
+    else:
+        model, history, timings = _train_end_to_end(dataset, train_set, opts, run_dir, resume, progress)
+    return _finish(run_dir, dataset, train_set, model, history, timings, opts, progress)
+
+
+def _resumed_options(run_dir: Path, given: TrainOptions) -> TrainOptions:
+    import json
+
+    saved = json.loads((run_dir / "config.json").read_text())
+    return TrainOptions(**{f.name: saved.get(f.name, getattr(given, f.name)) for f in dataclasses.fields(TrainOptions)})
+
+
+def _backbone(opts: TrainOptions):
+    pretrained = opts.pretrained and opts.strategy != "scratch"
+    return build_backbone(opts.model, pretrained=pretrained, weights=opts.weights if pretrained else None, trust_pickle=opts.trust_pickle, seed=opts.seed)
+
+
+def _extract(backbone, images, opts: TrainOptions, split: str, dataset_name: str, progress: bool):
+    from transferkit.features import extract_features
+
+    return extract_features(
+        images.samples, images.labels, backbone, data_fingerprint=images.fingerprint(), layer=opts.layer,
+        image_size=opts.image_size, batch_size=opts.batch_size, num_workers=opts.num_workers, cache_dir=opts.cache_dir,
+        progress=f"extract {split}" if progress else False, description={"dataset": dataset_name, "split": split},
+    )  # fmt: skip
+
+
+def _train_head(dataset, train_set, opts: TrainOptions, progress: bool):
+    """Extract (or reuse) features, fit the scikit-learn head, fold it into the network."""
+    from transferkit.heads import make_head
+    from transferkit.runs import TrainedModel
+
+    backbone = _backbone(opts)
+    started = time.perf_counter()
+    train_features = _extract(backbone, train_set, opts, "train", dataset.name, progress)
+    extract_seconds = time.perf_counter() - started
+    X, y = train_features.usable()
+    head = make_head(opts.strategy, kernel=opts.kernel, seed=opts.seed, **({"dropout": max(opts.dropout, 0.0)} if opts.strategy == "mlp" else {}))
+    started = time.perf_counter()
+    head.fit(X, y)
+    train_seconds = time.perf_counter() - started
+    history = _head_learning_curve(head, X, y, backbone, dataset, opts, progress)
+    timings = {
+        "extract_seconds": extract_seconds,
+        "train_seconds": train_seconds,
+        "features_cached": train_features.hit,
+        "skipped_images": len(train_features.failures),
+        "chosen_C": getattr(head, "C_", None),
+    }
+    return TrainedModel(backbone, head.to_module(), opts.layer), history, timings
+
+
+def _head_learning_curve(head, X, y, backbone, dataset, opts, progress) -> list[dict]:
+    """Train and validation accuracy of the same head fitted on growing shares of the data."""
+    from sklearn.base import clone
+
+    val = _extract(backbone, dataset.val, opts, "val", dataset.name, progress)
+    Xv, yv = val.usable()
+    fixed = {"C": head.C_} if hasattr(head, "C_") else {}
+    history = []
+    for share in (0.1, 0.25, 0.5, 1.0):
+        rows = _stratified_rows(y, share, opts.seed)
+        if len(np.unique(y[rows])) < 2:
+            continue
+        fitted = head if share == 1.0 else clone(head).set_params(**fixed).fit(X[rows], y[rows])
+        history.append({"train_images": int(len(rows)), "train_acc": float(fitted.score(X[rows], y[rows])), "val_acc": float(fitted.score(Xv, yv)) if len(yv) else None})
+    return history
+
+
+def _stratified_rows(y: np.ndarray, share: float, seed: int) -> np.ndarray:
+    if share >= 1.0:
+        return np.arange(len(y))
+    rng = np.random.default_rng(seed)
+    rows = [rng.permutation(np.flatnonzero(y == c))[: max(1, round(share * np.sum(y == c)))] for c in np.unique(y)]
+    return np.sort(np.concatenate(rows))
+
+
+def _train_end_to_end(dataset, train_set, opts: TrainOptions, run_dir: Path, resume: bool, progress: bool):
+    from transferkit.finetune import FitConfig, fit
+    from transferkit.runs import TrainedModel
+
+    backbone = _backbone(opts)
+    config = FitConfig(
+        strategy=opts.strategy, epochs=opts.epochs, lr=opts.lr, batch_size=opts.batch_size, weight_decay=opts.weight_decay,
+        dropout=opts.dropout, label_smoothing=opts.label_smoothing, augment=opts.augment, patience=opts.patience,
+        unfreeze=opts.unfreeze if opts.unfreeze == "all" else int(opts.unfreeze), backbone_lr_mult=opts.backbone_lr_mult,
+        head_epochs=opts.head_epochs, gradual=opts.gradual, image_size=opts.image_size, balance=opts.balance, seed=opts.seed,
+        devices=opts.devices, num_workers=opts.num_workers,
+    )  # fmt: skip
+    result = fit(
+        backbone, (train_set.samples, train_set.labels), (dataset.val.samples, dataset.val.labels),
+        len(dataset.classes), config, run_dir, resume=resume, progress=progress,
+    )  # fmt: skip
+    trained = result.model
+    timings = {
+        "extract_seconds": 0.0,
+        "train_seconds": result.seconds,
+        "epochs_completed": result.epochs_completed,
+        "best_epoch": result.best_epoch,
+        "trainable_params": result.trainable_params,
+    }
+    return TrainedModel(trained, trained.classifier, "penultimate"), result.history, timings
+
+
+def _finish(run_dir: Path, dataset, train_set, model, history, timings, opts: TrainOptions, progress: bool) -> TrainResult:
+    """Evaluate on val and test, save the model, metrics, plots and report."""
+    from transferkit.report import classification_metrics, plot_confusion, plot_curves, write_report
+    from transferkit.runs import Run, load_run, save_run, write_json
+
+    image_size = model.backbone.spec.check_image_size(opts.image_size)
+    run = Run(run_dir, model.eval(), list(dataset.classes), image_size, {})
+    metrics: dict[str, Any] = {}
+    for split in ("val", "test"):
+        images = dataset.splits.get(split)
+        if images is None or not len(images):
+            continue
+        probs, ok, _failures = run.scores(images.samples, batch_size=opts.batch_size, progress=f"evaluate {split}" if progress else False)
+        metrics[split] = classification_metrics(images.labels[ok], probs[ok].argmax(1), dataset.classes)
+    params = sum(p.numel() for p in model.parameters())
+    summary = {
+        "data": dataset.name,
+        "model": opts.model,
+        "strategy": opts.strategy,
+        "layer": opts.layer,
+        "train_images": len(train_set),
+        "val_acc": metrics.get("val", {}).get("accuracy"),
+        "test_acc": metrics.get("test", {}).get("accuracy"),
+        **{k: v for k, v in timings.items() if v is not None},
+        "params": params,
+    }
+    save_run(run_dir, model, classes=list(dataset.classes), image_size=image_size, head_kind=opts.strategy, extra={"summary": summary})
+    write_json(run_dir / "metrics.json", {"summary": summary, **metrics, "history": history})
+    if history:
+        x = "epoch" if "epoch" in history[0] else "train_images"
+        plot_curves(history, run_dir / "curves.png", x, f"{opts.model} / {opts.strategy}")
+        _write_csv(run_dir / ("metrics.csv" if x == "epoch" else "learning_curve.csv"), history)
+    shown = "test" if "test" in metrics else "val"
+    if shown in metrics:
+        plot_confusion(metrics[shown]["confusion_matrix"], dataset.classes, run_dir / "confusion.png", f"{shown} confusion matrix")
+    write_report(run_dir, f"{dataset.name}: {opts.model} / {opts.strategy}", summary, metrics, dataset.classes)
+    return TrainResult(run_dir, {"summary": summary, **metrics}, load_run(run_dir))
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    import csv
+
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _train_on_bottleneck_features(features, opts: TrainOptions, out) -> TrainResult:
+    """The lab's precomputed bottleneck pickles: a head on them, evaluated; no backbone to save."""
+    from transferkit.heads import make_head
+    from transferkit.report import classification_metrics
+    from transferkit.runs import write_json
+
+    if opts.strategy not in FEATURE_STRATEGIES:
+        raise TransferkitError(f"{features.name} holds precomputed features: use --strategy {', '.join(FEATURE_STRATEGIES)}")
+    X, y = features.splits["train"]
+    head = make_head(opts.strategy, kernel=opts.kernel, seed=opts.seed)
+    started = time.perf_counter()
+    head.fit(X, y)
+    metrics: dict[str, Any] = {}
+    for split in ("val", "test"):
+        if split in features.splits:
+            Xs, ys = features.splits[split]
+            metrics[split] = classification_metrics(ys, head.predict(Xs), features.classes)
+    summary = {"data": features.name, "strategy": opts.strategy, "train_images": len(y), "train_seconds": time.perf_counter() - started,
+               "val_acc": metrics.get("val", {}).get("accuracy"), "test_acc": metrics.get("test", {}).get("accuracy")}  # fmt: skip
+    run_dir = Path(out) if out else Path("runs") / f"{features.name}-{opts.strategy}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / "metrics.json", {"summary": summary, **metrics})
+    return TrainResult(run_dir, {"summary": summary, **metrics}, None)
