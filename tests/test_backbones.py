@@ -22,7 +22,7 @@ def test_registry_covers_the_zoo():
 def test_backbone_contract(name):
     spec = get_spec(name)
     backbone = build_backbone(name, pretrained=False)
-    size = max(spec.min_input_size, 32) if name != "alexnet_bvlc" else spec.input_size
+    size = spec.input_size if spec.fixed_input_size else max(spec.min_input_size, 32)
     x = torch.randn(2, 3, size, size)
     with torch.inference_mode():
         features = backbone.forward_features(x)

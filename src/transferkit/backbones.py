@@ -54,6 +54,10 @@ class BackboneSpec:
     description: str = ""
 
     @property
+    def has_pretrained(self) -> bool:
+        return self.weights is not None or self.embedded
+
+    @property
     def categories(self) -> list[str] | None:
         if self.num_classes != 1000:
             return None
@@ -408,10 +412,44 @@ register(
 )
 
 
+class Pixels(nn.Module):
+    """Raw pixels as features: the baseline that shows what any learned representation adds."""
+
+    def __init__(self, num_classes: int = 2):
+        super().__init__()
+        self.flatten = nn.Flatten()
+        self.classifier = nn.Linear(3 * 16 * 16, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.flatten(x))
+
+
+register(
+    BackboneSpec(
+        name="pixels",
+        source="transferkit",
+        arch="Pixels",
+        feature_dim=3 * 16 * 16,
+        classifier="classifier",
+        stages=(),
+        layer_groups=(),
+        input_size=16,
+        resize_size=16,
+        mean=TF_MEAN,
+        std=TF_STD,
+        num_classes=2,
+        params=None,
+        min_input_size=16,
+        fixed_input_size=True,
+        description="16x16 raw pixels, no network: the baseline for heads on features",
+    )
+)
+
+
 def _local_builders() -> dict[str, Callable[..., nn.Module]]:
     from transferkit.alexnet_bvlc import BvlcAlexNet
 
-    return {"LeNet": LeNet, "BvlcAlexNet": BvlcAlexNet}
+    return {"LeNet": LeNet, "BvlcAlexNet": BvlcAlexNet, "Pixels": Pixels}
 
 
 def build_network(spec: BackboneSpec) -> nn.Module:

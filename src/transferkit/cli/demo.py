@@ -1,31 +1,52 @@
-"""`transferkit demo`: the main job on the embedded model and data."""
+"""`transferkit demo`: the main job, on the embedded EfficientNet-Lite0 and the embedded digits."""
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
+import typer
+from rich.console import Console
+from rich.table import Table
+
 from transferkit.cli._app import command
-from transferkit.errors import TransferkitError
+
+
+def demo_cells(model: str, image_size: int | None, epochs: int):
+    """What pretraining buys, side by side: raw pixels, features of two depths, a short fine-tune."""
+    from transferkit.compare import Cell
+
+    sized = (("image_size", image_size),)
+    return [
+        Cell("pixels", "linear", options=(("image_size", None),)),
+        Cell(model, "linear", "stage2", sized),
+        Cell(model, "linear", "stage3", sized),
+        Cell(model, "linear", "penultimate", sized),
+        Cell(model, "finetune", "penultimate", sized + (("epochs", epochs), ("lr", 3e-3))),
+    ]
 
 
 @command("demo")
-def demo() -> None:
-    """Classify scikit-image's sample photos with the embedded EfficientNet-Lite0."""
-    try:
-        from skimage import data
-    except ImportError:
-        raise TransferkitError("the demo photos come from scikit-image: pip install scikit-image") from None
-    from PIL import Image
+def demo(
+    data: str = typer.Option("digits", "--data", help="DATA to run on (default: scikit-learn's embedded digits)."),
+    model: str = typer.Option("efficientnet_lite0", "--model", "-m"),
+    out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Folder for the runs and the leaderboard."),
+    image_size: int = typer.Option(None, "--image-size", help="Input size (default 64 for digits, else the backbone's)."),
+    epochs: int = typer.Option(3, "--epochs", min=1, help="Epochs of the fine-tuning cell."),
+) -> None:
+    """Compare transfer-learning strategies on DATA and write a leaderboard with plots."""
+    from transferkit.compare import best, compare
 
-    from transferkit.asis import predict
-
-    with tempfile.TemporaryDirectory() as tmp:
-        paths = []
-        for name in ("chelsea", "coffee", "astronaut", "rocket"):
-            path = Path(tmp) / f"{name}.png"
-            Image.fromarray(getattr(data, name)()).save(path)
-            paths.append(path)
-        for result in predict(paths, top_k=3, progress="predict"):
-            best = result["top"][0]
-            print(f"{Path(result['image']).stem:10s} {best['label']} ({best['probability']:.0%})")
+    size = image_size or (64 if data == "digits" else None)
+    rows = compare(data, demo_cells(model, size, epochs), out, progress=True, echo=typer.echo, batch_size=32)
+    table = Table("model", "strategy", "layer", "val acc", "test acc", "extract s", "train s", title=f"transferkit demo on {data}")
+    for r in rows:
+        acc = lambda k: f"{r[k]:.1%}" if r.get(k) is not None else "-"  # noqa: E731
+        secs = lambda k: f"{r[k]:.1f}" if r.get(k) is not None else "-"  # noqa: E731
+        table.add_row(r["model"], r["strategy"], r["layer"], acc("val_acc"), acc("test_acc"), secs("extract_seconds"), secs("train_seconds"))
+    Console().print(table)
+    top = best(rows)
+    if top:
+        typer.echo(f"best: {top['model']} / {top['strategy']} / {top['layer']}; leaderboard and reports in {out}/")
+    for r in rows:
+        if r["status"] == "failed":
+            typer.echo(f"failed: {r['model']} / {r['strategy']}: {r['reason']}", err=True)

@@ -1,0 +1,46 @@
+"""`transferkit compare`: networks x strategies on one dataset, as a leaderboard."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from transferkit.cli._app import JSON, TRUST_PICKLE, command, print_json
+from transferkit.cli.extract import CACHE_DIR
+
+
+def _split(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+@command("compare")
+def compare(
+    data: str = typer.Argument(..., help="Image folder, CSV, cifar10[:ROOT], gtsrb[:ROOT], file.p, or digits."),
+    models: str = typer.Option("efficientnet_lite0", "--models", help="Comma-separated backbone names."),
+    strategies: str = typer.Option("linear", "--strategies", help="Comma-separated strategies."),
+    layers: str = typer.Option("penultimate", "--layers", help="Comma-separated layers for the heads on features."),
+    per_class: int = typer.Option(None, "--per-class", min=1, help="Train on N images per class."),
+    out: Path = typer.Option(Path("runs/compare"), "--out", "-o"),
+    epochs: int = typer.Option(5, "--epochs", min=1, help="Epochs of the end-to-end strategies."),
+    image_size: int = typer.Option(None, "--image-size"),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    seed: int = typer.Option(0, "--seed"),
+    cache_dir: Path = CACHE_DIR,
+    trust_pickle: bool = TRUST_PICKLE,
+    as_json: bool = JSON,
+) -> None:
+    """Run every model x strategy combination, reusing cached features; resumable."""
+    from transferkit.compare import compare as run_compare
+    from transferkit.compare import grid
+
+    cells = grid(_split(models), _split(strategies), _split(layers))
+    rows = run_compare(
+        data, cells, out, echo=(lambda *_: None) if as_json else typer.echo, per_class=per_class, epochs=epochs,
+        image_size=image_size, batch_size=batch_size, seed=seed, cache_dir=str(cache_dir) if cache_dir else None,
+        trust_pickle=trust_pickle,
+    )  # fmt: skip
+    if as_json:
+        print_json(rows)
+    else:
+        typer.echo((out / "leaderboard.md").read_text())

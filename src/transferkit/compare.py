@@ -1,0 +1,105 @@
+"""Every network x strategy (x layer) combination on one dataset, as a leaderboard.
+
+Each cell is an ordinary training run in ``OUT/<model>-<strategy>-<layer>``, so cached
+features are reused across cells, a finished cell is never redone (an interrupted comparison
+resumes), an interrupted end-to-end cell resumes from its checkpoint, and a cell that fails
+is recorded with its reason while the others still run.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from transferkit.errors import TransferkitError
+from transferkit.train import END_TO_END_STRATEGIES, FEATURE_STRATEGIES, STRATEGIES
+
+COLUMNS = ("model", "strategy", "layer", "status", "val_acc", "test_acc", "extract_seconds", "train_seconds", "params", "train_images", "reason")
+
+
+@dataclass(frozen=True)
+class Cell:
+    model: str
+    strategy: str
+    layer: str = "penultimate"
+    options: tuple = ()  # extra training options for this cell only, as (name, value) pairs
+
+    @property
+    def name(self) -> str:
+        return f"{self.model}-{self.strategy}-{self.layer}"
+
+
+def grid(models: Sequence[str], strategies: Sequence[str], layers: Sequence[str] = ("penultimate",)) -> list[Cell]:
+    """Every combination; layers apply to the heads on features only."""
+    for strategy in strategies:
+        if strategy not in STRATEGIES or strategy == "auto":
+            raise TransferkitError(f"unknown strategy {strategy!r}: use {', '.join(FEATURE_STRATEGIES + END_TO_END_STRATEGIES)}")
+    return [
+        Cell(m, s, layer)
+        for m in models
+        for s in strategies
+        for layer in (layers if s in FEATURE_STRATEGIES else ["penultimate"])
+    ]
+
+
+def compare(data, cells: Sequence[Cell], out: str | Path, *, progress: bool = True, echo=print, **options) -> list[dict]:
+    """Run ``cells`` on ``data`` and write leaderboard.{csv,md,png} in ``out``; returns the rows."""
+    from transferkit.data import Dataset, load_data
+    from transferkit.train import train
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    dataset = data if isinstance(data, Dataset) else load_data(str(data), trust_pickle=options.get("trust_pickle", False), seed=options.get("seed", 0))
+    rows = []
+    for i, cell in enumerate(cells, 1):
+        cell_dir = out / cell.name
+        finished = cell_dir / "metrics.json"
+        if (cell_dir / "model.json").is_file() and finished.is_file():
+            summary = json.loads(finished.read_text())["summary"]
+            rows.append(_row(cell, "done (reused)", summary))
+            echo(f"[{i}/{len(cells)}] {cell.name}: already done, reused")
+            continue
+        echo(f"[{i}/{len(cells)}] {cell.name}")
+        resume = (cell_dir / "checkpoints" / "last.ckpt").is_file()
+        try:
+            result = train(dataset, cell_dir, resume=resume, progress=progress, model=cell.model, strategy=cell.strategy, layer=cell.layer, **{**options, **dict(cell.options)})
+        except TransferkitError as err:
+            rows.append(_row(cell, "failed", {}, reason=str(err)))
+            echo(f"  failed: {err}")
+            continue
+        rows.append(_row(cell, "done", result.metrics["summary"]))
+        acc = result.metrics["summary"].get("test_acc") or result.metrics["summary"].get("val_acc")
+        echo(f"  accuracy {acc:.2%}" if acc is not None else "  done")
+    write_leaderboard(rows, out, title=f"{dataset.name}: networks x strategies")
+    return rows
+
+
+def _row(cell: Cell, status: str, summary: dict, reason: str = "") -> dict:
+    row = {"model": cell.model, "strategy": cell.strategy, "layer": cell.layer, "status": status, "reason": reason}
+    row.update({k: summary.get(k) for k in COLUMNS if k in summary and k not in row})
+    return row
+
+
+def best(rows: list[dict]) -> dict | None:
+    """The best finished cell, by test accuracy where there is one, else validation accuracy."""
+    key = "test_acc" if any(r.get("test_acc") is not None for r in rows) else "val_acc"
+    scored = [r for r in rows if r.get(key) is not None]
+    return max(scored, key=lambda r: r[key]) if scored else None
+
+
+def write_leaderboard(rows: list[dict], out: Path, title: str) -> None:
+    from transferkit.report import markdown_table, plot_bars
+
+    key = "test_acc" if any(r.get("test_acc") is not None for r in rows) else "val_acc"
+    ranked = sorted(rows, key=lambda r: -(r.get(key) or -1))
+    with open(out / "leaderboard.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(ranked)
+    (out / "leaderboard.md").write_text(f"# {title}\n\nRanked by {key.replace('_acc', '')} accuracy.\n\n{markdown_table(ranked, COLUMNS)}\n\n![leaderboard](leaderboard.png)\n")
+    scored = [r for r in ranked if r.get(key) is not None]
+    if scored:
+        plot_bars([f"{r['model']} / {r['strategy']} / {r['layer']}" for r in scored], [r[key] for r in scored], out / "leaderboard.png", f"{title} ({key.replace('_acc', '')} accuracy)")
