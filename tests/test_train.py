@@ -1,0 +1,120 @@
+"""`transferkit train` and the run folder: heads on features, evaluate, classify, export."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from transferkit import TransferkitError
+from transferkit.cli import app
+from transferkit.runs import load_run
+from transferkit.train import train
+
+runner = CliRunner()
+COLOURS = {"red": (200, 40, 40), "green": (40, 190, 60), "blue": (50, 60, 210)}
+
+
+@pytest.fixture(scope="module")
+def colours(tmp_path_factory):
+    """Three easy classes of 24 px images, with train and test splits."""
+    root = tmp_path_factory.mktemp("colours")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 12), ("test", 4)):
+        for name, rgb in COLOURS.items():
+            (root / split / name).mkdir(parents=True)
+            for i in range(n):
+                pixels = np.clip(np.array(rgb) + rng.normal(0, 25, (24, 24, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(root / split / name / f"{i}.png")
+    return root
+
+
+FAST = {"model": "resnet18", "pretrained": False, "image_size": 32, "batch_size": 8}
+
+
+@pytest.mark.parametrize("strategy, extra", [("linear", {}), ("svm", {}), ("svm", {"kernel": "rbf"}), ("mlp", {})])
+def test_heads_on_features_end_to_end(tmp_path, colours, strategy, extra):
+    result = train(colours, tmp_path / "run", progress=False, strategy=strategy, **FAST, **extra)
+    summary = result.metrics["summary"]
+    assert summary["test_acc"] >= 0.75, summary
+    for name in ("config.json", "model.safetensors", "model.json", "metrics.json", "report.md", "confusion.png", "curves.png"):
+        assert (tmp_path / "run" / name).is_file(), name
+    loaded = load_run(tmp_path / "run")
+    probs, ok, _ = loaded.scores(sorted((colours / "test" / "red").glob("*.png")))
+    assert ok.all() and loaded.classes == sorted(COLOURS)
+
+
+def test_loaded_run_reproduces_its_test_accuracy(tmp_path, colours):
+    train(colours, tmp_path / "run", progress=False, strategy="linear", **FAST)
+    result = runner.invoke(app, ["evaluate", str(tmp_path / "run"), str(colours), "--json"])
+    assert result.exit_code == 0, result.output
+    recorded = json.loads((tmp_path / "run" / "metrics.json").read_text())["summary"]["test_acc"]
+    assert json.loads(result.stdout)["accuracy"] == recorded
+
+
+def test_second_head_reuses_cached_features(tmp_path, colours):
+    train(colours, tmp_path / "a", progress=False, strategy="linear", **FAST)
+    second = train(colours, tmp_path / "b", progress=False, strategy="svm", **FAST)
+    assert second.metrics["summary"]["features_cached"] is True
+
+
+def test_earlier_stage_and_per_class(tmp_path, colours):
+    result = train(colours, tmp_path / "run", progress=False, strategy="linear", layer="stage2", per_class=4, **FAST)
+    assert result.metrics["summary"]["train_images"] == 12
+    assert load_run(tmp_path / "run").model.layer == "stage2"
+
+
+def test_classify_cli_names_the_classes(tmp_path, colours):
+    train(colours, tmp_path / "run", progress=False, strategy="linear", **FAST)
+    images = [str(colours / "test" / c / "0.png") for c in ("red", "blue")]
+    result = runner.invoke(app, ["classify", str(tmp_path / "run"), *images, "--json"])
+    assert result.exit_code == 0, result.output
+    assert [r["top"][0]["label"] for r in json.loads(result.stdout)] == ["red", "blue"]
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_export_matches_pytorch(tmp_path, colours, fmt):
+    train(colours, tmp_path / "run", progress=False, strategy="linear", layer="stage3", **FAST)
+    result = runner.invoke(app, ["export", str(tmp_path / "run"), "--format", fmt, "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["max_abs_difference"] < 1e-3
+    assert str(tmp_path) not in (tmp_path / "run" / "model.json").read_text()  # no absolute paths
+
+
+def test_train_json_prints_final_metrics(tmp_path, colours):
+    args = ["train", str(colours), "--strategy", "linear", "--model", "resnet18", "--no-pretrained", "--image-size", "32", "--out", str(tmp_path / "r"), "--json"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert {"val_acc", "test_acc", "extract_seconds", "train_seconds", "params"} <= set(summary)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"strategy": "boost"}, "unknown strategy"),
+        ({"epochs": 0}, "--epochs must be at least 1"),
+        ({"layer": "stage9"}, "unknown layer"),
+        ({"strategy": "finetune", "layer": "stage2"}, "--layer applies to heads"),
+        ({"per_class": 0}, "--per-class"),
+    ],
+)
+def test_bad_options_are_clear(tmp_path, colours, options, message):
+    with pytest.raises(TransferkitError, match=message):
+        train(colours, tmp_path / "run", progress=False, **{**FAST, **options})
+
+
+def test_finished_run_is_not_overwritten(tmp_path, colours):
+    train(colours, tmp_path / "run", progress=False, strategy="linear", **FAST)
+    with pytest.raises(TransferkitError, match="already holds a finished run"):
+        train(colours, tmp_path / "run", progress=False, strategy="linear", **FAST)
+
+
+def test_real_linear_head_on_digits_beats_chance_by_far(tmp_path):
+    """The embedded EfficientNet-Lite0's features on the embedded digits."""
+    result = train("digits", tmp_path / "run", progress=False, strategy="linear", image_size=64)
+    assert result.metrics["summary"]["test_acc"] > 0.8  # chance is 0.1
+    digits = result.run.predict([np.full((8, 8), 0, np.uint8)])
+    assert digits[0]["top"][0]["label"] in [str(d) for d in range(10)]
