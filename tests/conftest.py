@@ -9,6 +9,9 @@ def pytest_configure(config):
     os.environ["TRANSFERKIT_OFFLINE"] = "1"
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ.setdefault("TRANSFERKIT_DEBUG", "")
+    # Exporting each random-init test network to ONNX would cost seconds a test; the ONNX
+    # Runtime engine has tests of its own.
+    os.environ["TRANSFERKIT_ENGINE"] = "torch"
 
 
 @pytest.fixture(autouse=True)

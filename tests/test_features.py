@@ -103,7 +103,7 @@ SCRIPT = textwrap.dedent(
     samples = [rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) for _ in range(96)]
     backbone = build_backbone("efficientnet_lite0")
     result = extract_features(samples, np.arange(96) % 4, backbone, data_fingerprint="kill", batch_size=8,
-                              chunk_batches=1, num_workers=0, cache_dir=sys.argv[1], progress=True)
+                              chunk_batches=1, num_workers=0, cache_dir=sys.argv[1], engine="torch", progress=True)
     print("hit" if result.hit else "computed")
     """
 )
@@ -140,3 +140,18 @@ def test_extraction_killed_part_way_resumes_to_identical_features(tmp_path):
     assert np.array_equal(a.features, b.features) and np.array_equal(a.labels, b.labels)
     meta = json.loads((b.path / "meta.json").read_text())
     assert meta["count"] == 96 and meta["backbone"] == "efficientnet_lite0"
+
+
+def test_onnxruntime_engine_matches_pytorch(tmp_path, images, resnet):
+    torch_features = _extract(images, resnet, tmp_path, engine="torch")
+    ort_features = _extract(images, resnet, tmp_path, engine="onnxruntime")
+    assert not ort_features.hit  # a different engine is a different cache entry
+    np.testing.assert_allclose(ort_features.features, torch_features.features, atol=1e-3)
+    assert list((tmp_path / "engines").glob("resnet18-*-penultimate-40.onnx"))
+    stage = _extract(images, resnet, tmp_path, engine="onnxruntime", layer="stage3")
+    np.testing.assert_allclose(stage.features, _extract(images, resnet, tmp_path, engine="torch", layer="stage3").features, atol=1e-3)
+
+
+def test_unknown_engine(tmp_path, images, resnet):
+    with pytest.raises(TransferkitError, match="unknown engine"):
+        _extract(images, resnet, tmp_path, engine="tensorrt")

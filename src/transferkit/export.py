@@ -50,10 +50,9 @@ def _onnx(model, example, check, path: Path, classes) -> np.ndarray:
         import onnxruntime
     except ImportError:
         raise TransferkitError("ONNX export needs onnx and onnxruntime: pip install 'transferkit[onnx]'") from None
-    batch = torch.export.Dim("batch", min=1, max=1024)
-    program = torch.onnx.export(model, (example,), dynamo=True, input_names=["images"], output_names=["scores"],
-                                dynamic_shapes=({0: batch},), verbose=False)  # fmt: skip
-    program.save(str(path))
+    from transferkit.engines import export_onnx
+
+    export_onnx(model, example, path, input_name="images", output_name="scores")
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return session.run(None, {"images": check.numpy()})[0]
 

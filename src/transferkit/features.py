@@ -41,7 +41,7 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     return Path(cache_dir) / "features"
 
 
-def cache_key(backbone: Backbone, layer: str, image_size: int | None, data_fingerprint: str) -> tuple[str, dict]:
+def cache_key(backbone: Backbone, layer: str, image_size: int | None, data_fingerprint: str, engine: str = "torch") -> tuple[str, dict]:
     """A content address for the features, and the description it was derived from."""
     description = {
         "version": CACHE_VERSION,
@@ -50,6 +50,7 @@ def cache_key(backbone: Backbone, layer: str, image_size: int | None, data_finge
         "layer": layer,
         "preprocessing": backbone.spec.preprocessing(image_size),
         "data": data_fingerprint,
+        "engine": engine,  # engines agree to 1e-3, not bit for bit
     }
     key = hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:24]
     return key, description
@@ -169,6 +170,7 @@ def extract_features(
     num_workers: int | None = None,
     cache_dir: str | os.PathLike | None = None,
     chunk_batches: int = 16,
+    engine: str = "auto",
     progress: bool | str = False,
     description: dict | None = None,
 ) -> CachedFeatures:
@@ -187,8 +189,11 @@ def extract_features(
         from transferkit.backbones import parse_layer
 
         parse_layer(layer, backbone.spec)
+    from transferkit.engines import resolve_engine
+
     labels = np.asarray(labels, dtype=np.int64)
-    key, key_description = cache_key(backbone, layer, image_size, data_fingerprint)
+    engine = resolve_engine(engine)
+    key, key_description = cache_key(backbone, layer, image_size, data_fingerprint, engine)
     root = cache_root(cache_dir)
     path = root / key
     root.mkdir(parents=True, exist_ok=True)
@@ -205,7 +210,11 @@ def extract_features(
         todo = [c for c in range(n_chunks) if c not in done]
         order = [i for c in todo for i in range(c * chunk_size, min((c + 1) * chunk_size, len(samples)))]
         if todo:
-            _compute_chunks(backbone, samples, order, todo, chunk_size, partial, layer, image_size, batch_size, num_workers, progress, len(done))
+            from transferkit.engines import make_engine
+
+            size = backbone.spec.check_image_size(image_size)
+            run = make_engine(engine, backbone, layer, size, root.parent / "engines")
+            _compute_chunks(run, backbone.transform(image_size), samples, order, todo, chunk_size, partial, batch_size, num_workers, progress, len(done))
         failures = _finalise(path, partial, n_chunks, labels, key_description, description or {})
         entry = read_entry(path, verify=False)
     entry.hit = False
@@ -214,14 +223,9 @@ def extract_features(
     return entry
 
 
-def _compute_chunks(backbone, samples, order, todo, chunk_size, partial, layer, image_size, batch_size, num_workers, progress, n_done) -> None:
-    """Run the backbone over the images of the ``todo`` chunks, writing each chunk when full."""
-    channels_last = backbone.spec.source != "transferkit"  # faster for the library convnets on CPU
-    if channels_last:
-        backbone = backbone.to(memory_format=torch.channels_last)
-    size = image_size or backbone.spec.input_size
-    with torch.inference_mode():
-        dim = backbone.features(torch.zeros(1, 3, size, size), layer).shape[1]
+def _compute_chunks(engine, transform, samples, order, todo, chunk_size, partial, batch_size, num_workers, progress, n_done) -> None:
+    """Run the engine over the images of the ``todo`` chunks, writing each chunk when full."""
+    dim = None
     sources = [samples[i] for i in order]
     label = progress if isinstance(progress, str) else "extract"
     if n_done:
@@ -231,21 +235,27 @@ def _compute_chunks(backbone, samples, order, todo, chunk_size, partial, layer, 
     rows, ok, failures = [], [], []
     seen = 0  # images of ``sources`` consumed so far
     with torch.inference_mode():
-        batches = iterate_batches(sources, backbone.transform(image_size), batch_size=batch_size, num_workers=num_workers, progress=label if progress else False)
+        batches = iterate_batches(sources, transform, batch_size=batch_size, num_workers=num_workers, progress=label if progress else False)
         for batch in batches:
             n = len(batch.indices) + len(batch.failures)
-            batch_rows = np.zeros((n, dim), dtype=np.float32)
             batch_ok = np.zeros(n, dtype=bool)
             if batch.images is not None:
-                x = batch.images.contiguous(memory_format=torch.channels_last) if channels_last else batch.images
+                out = engine(batch.images)
+                dim = out.shape[1]
+                batch_rows = np.zeros((n, dim), dtype=np.float32)
                 local = np.asarray(batch.indices) - seen
-                batch_rows[local] = backbone.features(x, layer).float().numpy()
+                batch_rows[local] = out
                 batch_ok[local] = True
+            else:
+                batch_rows = None  # all failed: filled with zeros once the width is known
             failures += [{"index": order[i], "sample": _describe(sources[i]), "reason": reason} for i, reason in batch.failures]
             rows.append(batch_rows)
             ok.append(batch_ok)
             seen += n
-            if sum(len(r) for r in rows) == min(chunk_size, len(samples) - chunk * chunk_size):
+            if sum(len(o) for o in ok) == min(chunk_size, len(samples) - chunk * chunk_size):
+                if dim is None:
+                    dim = engine(transform(np.zeros((8, 8, 3), np.uint8)).unsqueeze(0)).shape[1]
+                rows = [r if r is not None else np.zeros((len(o), dim), np.float32) for r, o in zip(rows, ok)]
                 _write_chunk(partial, chunk, np.concatenate(rows), np.concatenate(ok), failures)
                 rows, ok, failures = [], [], []
                 chunk = next(pending, None)

@@ -52,6 +52,7 @@ class TrainOptions:
     weights: str | None = None
     trust_pickle: bool = False
     cache_dir: str | None = None
+    engine: str = "auto"
     devices: str = "auto"
     num_workers: int | None = None
 
@@ -147,7 +148,7 @@ def _extract(backbone, images, opts: TrainOptions, split: str, dataset_name: str
     return extract_features(
         images.samples, images.labels, backbone, data_fingerprint=images.fingerprint(), layer=opts.layer,
         image_size=opts.image_size, batch_size=opts.batch_size, num_workers=opts.num_workers, cache_dir=opts.cache_dir,
-        progress=f"extract {split}" if progress else False, description={"dataset": dataset_name, "split": split},
+        engine=opts.engine, progress=f"extract {split}" if progress else False, description={"dataset": dataset_name, "split": split},
     )  # fmt: skip
 
 

@@ -10,6 +10,7 @@ from transferkit.cli._app import JSON, MODEL, NO_PRETRAINED, TRUST_PICKLE, WEIGH
 from transferkit.errors import TransferkitError
 
 LAYER = typer.Option("penultimate", "--layer", help="penultimate, or stageN for pooled features of an earlier stage.")
+ENGINE = typer.Option("auto", "--engine", help="auto | torch | onnxruntime (auto: ONNX Runtime where installed, on CPU).")
 CACHE_DIR = typer.Option(None, "--cache-dir", help="Feature cache folder (default: $TRANSFERKIT_CACHE or the user cache).")
 
 
@@ -27,6 +28,7 @@ def extract(
     trust_pickle: bool = TRUST_PICKLE,
     strict: bool = typer.Option(False, "--strict", help="Fail if any image cannot be decoded."),
     seed: int = typer.Option(0, "--seed", help="Seed of the train/val split."),
+    engine: str = ENGINE,
     chunk_batches: int = typer.Option(16, "--chunk-batches", min=1, hidden=True),
     as_json: bool = JSON,
 ) -> None:
@@ -44,7 +46,7 @@ def extract(
         result = extract_features(
             images.samples, images.labels, backbone, data_fingerprint=images.fingerprint(), layer=layer,
             image_size=image_size, batch_size=batch_size, num_workers=num_workers, cache_dir=cache_dir,
-            chunk_batches=chunk_batches, progress=f"extract {split}", description={"dataset": dataset.name, "split": split},
+            chunk_batches=chunk_batches, engine=engine, progress=f"extract {split}", description={"dataset": dataset.name, "split": split},
         )  # fmt: skip
         rows.append({"split": split, "images": len(images), "dim": result.dim, "cache": "hit" if result.hit else "computed",
                      "seconds": round(result.seconds, 2), "skipped": result.failures, "key": result.path.name})  # fmt: skip

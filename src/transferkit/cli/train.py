@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from transferkit.cli._app import JSON, MODEL, NO_PRETRAINED, TRUST_PICKLE, WEIGHTS, command, print_json
-from transferkit.cli.extract import CACHE_DIR, LAYER
+from transferkit.cli.extract import CACHE_DIR, ENGINE, LAYER
 from transferkit.train import STRATEGIES
 
 
@@ -39,6 +39,7 @@ def train(
     devices: str = typer.Option("auto", "--devices", help="Lightning devices (auto uses a GPU when there is one)."),
     num_workers: int = typer.Option(None, "--workers", min=0),
     resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --out."),
+    engine: str = ENGINE,
     cache_dir: Path = CACHE_DIR,
     weights: Path = WEIGHTS,
     no_pretrained: bool = NO_PRETRAINED,
@@ -53,7 +54,7 @@ def train(
         lr=lr, batch_size=batch_size, image_size=image_size, weight_decay=weight_decay, dropout=dropout,
         label_smoothing=label_smoothing, augment=augment, patience=patience, balance=balance, unfreeze=unfreeze,
         backbone_lr_mult=backbone_lr_mult, head_epochs=head_epochs, gradual=gradual, per_class=per_class, seed=seed,
-        val_fraction=val_fraction, devices=devices, num_workers=num_workers, cache_dir=str(cache_dir) if cache_dir else None,
+        val_fraction=val_fraction, engine=engine, devices=devices, num_workers=num_workers, cache_dir=str(cache_dir) if cache_dir else None,
         weights=str(weights) if weights else None, pretrained=not no_pretrained, trust_pickle=trust_pickle,
     )  # fmt: skip
     summary = result.metrics["summary"]

@@ -1,0 +1,124 @@
+"""Inference engines for feature extraction: PyTorch, or ONNX Runtime on an exported backbone.
+
+On a CPU, ONNX Runtime runs these convnets several times faster than eager PyTorch. The
+backbone (up to the requested layer) is exported once per weights/layer/size, kept beside the
+feature cache, and checked against PyTorch on a sample batch before it is trusted: features
+must match to 1e-3, or the engine is refused with a clear message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from transferkit.backbones import Backbone
+from transferkit.errors import TransferkitError
+
+ENGINES = ("auto", "torch", "onnxruntime")
+PARITY_ATOL = 1e-3
+
+
+class LayerFeatures(nn.Module):
+    """The backbone cut at ``layer``: images in, pooled features out."""
+
+    def __init__(self, backbone: Backbone, layer: str):
+        super().__init__()
+        self.backbone = backbone
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone.features(x, self.layer)
+
+
+class TorchEngine:
+    name = "torch"
+
+    def __init__(self, backbone: Backbone, layer: str):
+        self.channels_last = backbone.spec.source != "transferkit"  # faster for the library convnets
+        self.model = LayerFeatures(backbone.eval(), layer)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+
+    def __call__(self, images: torch.Tensor) -> np.ndarray:
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            return self.model(images).float().numpy()
+
+
+class OnnxEngine:
+    name = "onnxruntime"
+
+    def __init__(self, backbone: Backbone, layer: str, image_size: int, folder: Path):
+        import onnxruntime
+
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{backbone.spec.name}-{backbone.weights_digest}-{layer}-{image_size}.onnx"
+        model = LayerFeatures(backbone.eval(), layer)
+        sample = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
+        if not path.is_file():
+            export_onnx(model, sample, path, input_name="images", output_name="features")
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.log_severity_level = 3
+        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        with torch.inference_mode():
+            expected = model(sample).numpy()
+        difference = float(np.abs(self(sample) - expected).max())
+        if difference > PARITY_ATOL:
+            path.unlink(missing_ok=True)
+            raise TransferkitError(f"ONNX Runtime's features for {backbone.spec.name} differ from PyTorch's by {difference:.1e}; use --engine torch")
+
+    def __call__(self, images: torch.Tensor) -> np.ndarray:
+        return self.session.run(None, {"images": images.numpy()})[0]
+
+
+def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, *, input_name: str, output_name: str) -> None:
+    """torch.onnx's exporter with a dynamic batch dimension, written atomically, quietly."""
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(model, (example,), dynamo=True, input_names=[input_name], output_names=[output_name],
+                                    dynamic_shapes=({0: batch},), verbose=False)  # fmt: skip
+        program.save(str(tmp))
+    os.replace(tmp, path)
+
+
+def onnxruntime_available() -> bool:
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_engine(name: str) -> str:
+    """``auto`` picks ONNX Runtime where it is installed: several times faster on CPUs.
+
+    $TRANSFERKIT_ENGINE, where set, decides what ``auto`` means.
+    """
+    if name not in ENGINES:
+        raise TransferkitError(f"unknown engine {name!r}: use {', '.join(ENGINES)}")
+    if name == "auto" and os.environ.get("TRANSFERKIT_ENGINE", "auto") != "auto":
+        return resolve_engine(os.environ["TRANSFERKIT_ENGINE"])
+    if name == "auto":
+        return "onnxruntime" if onnxruntime_available() and not torch.cuda.is_available() else "torch"
+    if name == "onnxruntime" and not onnxruntime_available():
+        raise TransferkitError("--engine onnxruntime needs onnx, onnxscript and onnxruntime: pip install 'transferkit[onnx]'")
+    return name
+
+
+def make_engine(name: str, backbone: Backbone, layer: str, image_size: int, folder: Path):
+    if resolve_engine(name) == "onnxruntime":
+        return OnnxEngine(backbone, layer, image_size, folder)
+    return TorchEngine(backbone, layer)

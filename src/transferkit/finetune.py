@@ -1,0 +1,413 @@
+"""End-to-end training of a backbone and a new head on Lightning's Trainer.
+
+One LightningModule serves the three strategies; the :class:`Freezer` callback decides what trains
+when: ``frozen`` (the head only), ``finetune`` (the head first, then the last layer groups at a
+lower learning rate) and ``scratch`` (everything from the first step).  Frozen backbone layers run
+in eval mode, so their BatchNorm layers normalise with their stored statistics and never update
+them.  Checkpoints carry the history and the RNG state: a resumed run continues the same run.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import shutil
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import BaseFinetuning, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from torch.utils.data import DataLoader, Dataset, Sampler, WeightedRandomSampler
+from torchmetrics.classification import MulticlassAccuracy
+from torchvision.transforms import InterpolationMode, v2
+
+from transferkit.backbones import Backbone, BackboneSpec
+from transferkit.errors import TransferkitError
+from transferkit.loader import DecodedImages, ImageSource
+
+STRATEGIES = ("frozen", "finetune", "scratch")
+AUGMENTS = ("none", "light", "strong")
+METRICS = ("train_loss", "train_acc", "val_loss", "val_acc")
+QUIET = (  # Lightning advice that does not apply here
+    ".*does not have many workers.*",  # small data decodes fine in the main process
+    ".*module\\(s\\) in eval mode.*",  # frozen layers are in eval mode on purpose
+    ".*exists and is not empty.*",  # resuming into our own run dir
+    ".*LeafSpec.*deprecated.*",  # Lightning's own use of a torch helper
+    ".*returned `None`.*",  # a batch of undecodable images is skipped on purpose
+)
+
+
+@dataclass
+class FitConfig:
+    strategy: str = "finetune"  # "frozen" | "finetune" | "scratch"
+    epochs: int = 10
+    lr: float = 1e-3  # head learning rate (AdamW)
+    batch_size: int = 32
+    weight_decay: float = 1e-4
+    dropout: float = 0.2  # before the new linear head
+    label_smoothing: float = 0.0
+    augment: str = "light"  # "none" | "light" | "strong"
+    patience: int | None = None  # early stopping on val accuracy
+    unfreeze: int | str = "all"  # finetune: layer groups trained after the head phase, from the output end
+    backbone_lr_mult: float = 0.1  # unfrozen backbone groups train at lr * this
+    head_epochs: int = 1  # finetune: epochs with the backbone frozen
+    gradual: bool = False  # finetune: one more group per epoch after head_epochs, up to `unfreeze`
+    image_size: int | None = None  # None: the spec's input size
+    balance: str | None = None  # None | "weights" (class-weighted loss) | "sampler" (balanced draws)
+    seed: int = 0
+    devices: int | str = "auto"  # "auto": one device; several (DDP relaunches the script) only when asked
+    accelerator: str = "auto"
+    precision: str = "32-true"
+    num_workers: int | None = None  # None: min(2, CPUs) when there are several batches, else 0
+
+
+@dataclass
+class FitResult:
+    model: Backbone  # the best checkpoint's weights (by val accuracy), in eval mode
+    history: list[dict]  # per epoch (numbered from 1): epoch, phase, train/val loss and accuracy, lr
+    epochs_completed: int
+    best_epoch: int
+    best_val_acc: float
+    seconds: float
+    trainable_params: int  # at the end of training
+    total_params: int
+    failures: dict[str, list[tuple[int, str]]]  # per split: (position, reason) of images that could not be decoded
+
+
+def train_transform(spec: BackboneSpec, image_size: int | None = None, augment: str = "light") -> v2.Compose:
+    """Random crops and flips ("light"), plus colour jitter, RandAugment and erasing ("strong")."""
+    if augment not in AUGMENTS:
+        raise TransferkitError(f"unknown augment {augment!r}: use {', '.join(AUGMENTS)}")
+    if augment == "none":
+        return spec.transform(image_size)
+    size, mode, strong = spec.check_image_size(image_size), InterpolationMode(spec.interpolation), augment == "strong"
+    ops = [v2.ToImage(), v2.RandomResizedCrop(size, scale=(0.25 if strong else 0.35, 1.0), interpolation=mode, antialias=True), v2.RandomHorizontalFlip()]
+    if strong:  # erased patches get the mean colour, which normalises to zero
+        mean_pixel = [round(255 * m) for m in spec.mean]
+        ops += [v2.ColorJitter(0.2, 0.2, 0.2), v2.RandAugment(num_ops=2, magnitude=9, interpolation=mode), v2.RandomErasing(0.25, value=mean_pixel)]
+    return v2.Compose(ops + [v2.ToDtype(torch.float32, scale=True), v2.Normalize(spec.mean, spec.std)])
+
+
+class LabeledImages(Dataset):
+    """Item ``i`` is ``(tensor or None, label, i, error)``; decoding runs in the DataLoader worker."""
+
+    def __init__(self, sources: Sequence[ImageSource], labels: torch.Tensor, transform):
+        self.images, self.labels = DecodedImages(sources, transform), labels
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        image, _, error = self.images[index]
+        return image, int(self.labels[index]), index, error
+
+
+def collate(items):
+    """``(images, labels, failures)``: undecodable images leave the batch as (position, reason)."""
+    good = [(image, label) for image, label, _, _ in items if image is not None]
+    failures = [(index, error) for image, _, index, error in items if image is None]
+    if not good:
+        return None, None, failures
+    return torch.stack([image for image, _ in good]), torch.tensor([label for _, label in good]), failures
+
+
+class EpochSampler(Sampler[int]):
+    """A shuffled (or class-balanced) order drawn from (seed, epoch) alone, so a resumed run sees
+    the order an uninterrupted one would; Lightning calls ``set_epoch`` before each epoch."""
+
+    def __init__(self, n: int, seed: int, weights: torch.Tensor | None = None):
+        self.n, self.seed, self.weights, self.epoch = n, seed, weights, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        if self.weights is None:
+            return iter(torch.randperm(self.n, generator=generator).tolist())
+        return iter(WeightedRandomSampler(self.weights, self.n, generator=generator))
+
+
+def phase(config: FitConfig, epoch: int) -> str:
+    """What trains in ``epoch`` (0-based): "frozen", "scratch", or "head" then "finetune"."""
+    if config.strategy != "finetune":
+        return config.strategy
+    return "head" if epoch < config.head_epochs else "finetune"
+
+
+class ImageClassifier(L.LightningModule):
+    """A Backbone with cross-entropy, accuracy and AdamW; :class:`Freezer` decides what trains."""
+
+    def __init__(self, backbone: Backbone, config: FitConfig, class_weights: torch.Tensor | None = None):
+        super().__init__()
+        self.backbone, self.config = backbone, config
+        self.register_buffer("class_weights", class_weights, persistent=False)
+        self.train_acc = MulticlassAccuracy(backbone.num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(backbone.num_classes, average="micro")
+        self.history: list[dict] = []
+        self.failures: dict[str, dict[int, str]] = {"train": {}, "val": {}}
+
+    def train(self, mode: bool = True):
+        """Whoever switches to training mode, frozen layers stay in eval mode (BatchNorm statistics fixed)."""
+        super().train(mode)
+        for module in self.frozen_modules() if mode else ():
+            module.eval()
+        return self
+
+    def frozen_modules(self) -> list:
+        if not any(p.requires_grad for p in self.backbone.body.parameters()):
+            return [self.backbone.body]  # a fixed feature extractor: its dropout is off too
+        return [m for group in self.backbone.layer_groups() for m in group if not any(p.requires_grad for p in m.parameters())]
+
+    def _step(self, batch, split: str):
+        images, labels, failures = batch
+        self.failures[split].update(failures)
+        if images is None:
+            return None  # every image of the batch failed to decode: Lightning skips the step
+        logits = self.backbone(images)
+        if split == "train":
+            loss = F.cross_entropy(logits, labels, weight=self.class_weights, label_smoothing=self.config.label_smoothing)
+        else:  # the plain loss, comparable whatever the weighting and smoothing
+            loss = F.cross_entropy(logits, labels)
+        accuracy = self.train_acc if split == "train" else self.val_acc
+        accuracy(logits, labels)
+        self.log(f"{split}_loss", loss, on_step=False, on_epoch=True, prog_bar=split == "val", batch_size=len(labels))
+        self.log(f"{split}_acc", accuracy, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(labels))
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, "val")
+
+    def on_train_epoch_end(self) -> None:
+        # After validation and before the checkpoints are saved: each checkpoint holds its epoch's row.
+        lr = self.trainer.optimizers[0].param_groups[0]["lr"]
+        self.log("lr", lr)
+        metrics = self.trainer.callback_metrics
+        row = {k: float(metrics[k]) if k in metrics else None for k in METRICS}
+        self.history.append({"epoch": self.current_epoch + 1, "phase": phase(self.config, self.current_epoch), **row, "lr": lr})
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+        checkpoint["transferkit"] = {"history": self.history, "rng": torch.get_rng_state(), "cuda_rng": cuda}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # The RNG state makes resumed epochs draw the augmentations and dropout masks of an uninterrupted run.
+        state = checkpoint.get("transferkit", {})
+        self.history = list(state.get("history", []))
+        if "rng" in state:
+            torch.set_rng_state(state["rng"])
+        if state.get("cuda_rng") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+
+    def configure_optimizers(self):
+        groups = [{"params": list(self.backbone.classifier.parameters()), "lr": self.config.lr}]
+        if self.config.strategy == "scratch":
+            groups.append({"params": list(self.backbone.body.parameters()), "lr": self.config.lr})
+        return torch.optim.AdamW(groups, weight_decay=self.config.weight_decay)
+
+
+class Freezer(BaseFinetuning):
+    """The frozen / finetune / scratch schedule.
+
+    A group unfrozen mid-training joins the optimizer as a new param group at lr * backbone_lr_mult.
+    BaseFinetuning saves the param groups in its state and rebuilds them on resume, before the
+    optimizer state is loaded; ``unfrozen`` (saved too) re-opens those groups' gradients.
+    """
+
+    def __init__(self, config: FitConfig):
+        super().__init__()
+        self.config = config
+        self.unfrozen = 0  # layer groups training so far, counted from the output end
+
+    def groups_for(self, epoch: int, n_groups: int) -> int:
+        c = self.config
+        if c.strategy != "finetune" or epoch < c.head_epochs:
+            return 0
+        wanted = n_groups if c.unfreeze == "all" else int(c.unfreeze)
+        return min(wanted, epoch - c.head_epochs + 1) if c.gradual else wanted
+
+    def freeze_before_training(self, pl_module: ImageClassifier) -> None:
+        # Not BaseFinetuning.freeze: with train_bn=False it sets track_running_stats=False, which in
+        # training mode normalises with batch statistics; frozen layers are put in eval mode instead.
+        if self.config.strategy != "scratch":
+            pl_module.backbone.body.requires_grad_(False)
+
+    def finetune_function(self, pl_module: ImageClassifier, epoch: int, optimizer) -> None:
+        groups = pl_module.backbone.layer_groups()
+        while self.unfrozen < self.groups_for(epoch, len(groups)):
+            self.unfrozen += 1
+            self.add_group(groups[-self.unfrozen], optimizer, self.config.lr * self.config.backbone_lr_mult)
+
+    def add_group(self, modules, optimizer, lr: float) -> None:
+        # unfreeze_and_add_param_group without its filter_on_optimizer, which matches parameters by value
+        # (torch.equal): an untrained BatchNorm weight equal to one already optimised would be left out.
+        self.make_trainable(modules)
+        known = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        params = [p for p in self.filter_params(modules, train_bn=True) if id(p) not in known]
+        if params:
+            optimizer.add_param_group({"params": params, "lr": lr})
+
+    def on_fit_start(self, trainer, pl_module: ImageClassifier) -> None:
+        groups = pl_module.backbone.layer_groups()
+        for group in groups[len(groups) - self.unfrozen :]:  # resumed: the groups that were training
+            self.make_trainable(group)
+        super().on_fit_start(trainer, pl_module)
+
+    def on_train_start(self, trainer, pl_module: ImageClassifier) -> None:
+        pl_module.train()
+
+    def on_train_epoch_start(self, trainer, pl_module: ImageClassifier) -> None:
+        super().on_train_epoch_start(trainer, pl_module)  # may unfreeze groups
+        pl_module.train()  # and puts what is still frozen back in eval mode
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "unfrozen": self.unfrozen}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        self.unfrozen = state_dict.get("unfrozen", 0)
+
+
+def _labels(split: tuple[Sequence, Sequence[int]], num_classes: int, name: str) -> torch.Tensor:
+    labels = torch.as_tensor(np.asarray(split[1], dtype=np.int64))
+    if len(split[0]) != len(labels) or not len(labels):
+        raise TransferkitError(f"{name}: {len(split[0])} images and {len(labels)} labels; need the same number, at least one")
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise TransferkitError(f"{name}: labels must be 0..{num_classes - 1}, got {int(labels.min())}..{int(labels.max())}")
+    return labels
+
+
+def _check(c: FitConfig, backbone: Backbone) -> None:
+    n = len(backbone.layer_groups())
+    for failed, message in (
+        (c.strategy not in STRATEGIES, f"strategy must be one of {', '.join(STRATEGIES)}, got {c.strategy!r}"),
+        (c.balance not in (None, "weights", "sampler"), f"balance must be weights or sampler, got {c.balance!r}"),
+        (c.epochs < 1 or c.batch_size < 1 or c.head_epochs < 0 or (c.patience or 0) < 0, "epochs and batch_size must be positive, head_epochs and patience not negative"),
+        (c.unfreeze != "all" and not (isinstance(c.unfreeze, int) and 1 <= c.unfreeze <= n), f"{backbone.spec.name} has {n} layer groups: unfreeze must be 1..{n} or 'all', got {c.unfreeze!r}"),
+    ):  # fmt: skip
+        if failed:
+            raise TransferkitError(message)
+
+
+def _loader(dataset: LabeledImages, config: FitConfig, sampler: Sampler | None) -> DataLoader:
+    n, size = len(dataset), config.batch_size
+    workers = (min(2, os.cpu_count() or 1) if n > size else 0) if config.num_workers is None else config.num_workers
+    # A lone image in the last batch breaks BatchNorm in training mode; shuffled, a different one waits each epoch.
+    drop_last = sampler is not None and n > 1 and n % size == 1
+    # Workers are not persistent: each epoch's draw their seeds from the checkpointed RNG, so resumes replay them.
+    return DataLoader(dataset, batch_size=size, sampler=sampler, num_workers=workers, collate_fn=collate, drop_last=drop_last)
+
+
+def _read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, list(dict.fromkeys(k for row in rows for k in row)))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _resumed_epoch(last: Path) -> int:
+    try:
+        return int(torch.load(last, map_location="cpu", weights_only=True, mmap=True)["epoch"]) + 1
+    except Exception as err:  # truncated or foreign file
+        raise TransferkitError(f"cannot resume from {last}: not a readable transferkit checkpoint ({err})") from None
+
+
+def fit(
+    backbone: Backbone, train: tuple[Sequence[ImageSource], Sequence[int]], val: tuple[Sequence[ImageSource], Sequence[int]],
+    num_classes: int, config: FitConfig, run_dir: Path, *, resume: bool = False, progress: bool = True,
+) -> FitResult:  # fmt: skip
+    """Train ``backbone`` in place with a new ``num_classes`` head; artifacts go to ``run_dir``.
+
+    ``resume=True`` continues from ``run_dir/checkpoints/last.ckpt``: epoch, weights, optimizer,
+    freeze phase, history and RNG state.  A fresh run replaces an earlier run's checkpoints and logs.
+    """
+    started, run_dir = time.perf_counter(), Path(run_dir)
+    checkpoints, log_file = run_dir / "checkpoints", run_dir / "logs" / "metrics.csv"
+    last = checkpoints / "last.ckpt"
+    _check(config, backbone)
+    image_size = backbone.spec.check_image_size(config.image_size)
+    train_labels, val_labels = _labels(train, num_classes, "train"), _labels(val, num_classes, "val")
+    if resume and not last.is_file():
+        raise TransferkitError(f"nothing to resume in {run_dir}: it has no checkpoints/last.ckpt")
+    if not resume:
+        shutil.rmtree(checkpoints, ignore_errors=True)
+        log_file.unlink(missing_ok=True)
+    old_log = _read_csv(log_file) if log_file.is_file() else []  # CSVLogger empties the file when it starts: merged back below
+
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    if not (resume and backbone.num_classes == num_classes):
+        backbone.reset_classifier(num_classes, config.dropout)
+    backbone.requires_grad_(True)  # the Freezer decides from here
+    counts = torch.bincount(train_labels, minlength=num_classes).clamp(min=1).float()
+    class_weights = len(train_labels) / (num_classes * counts) if config.balance == "weights" else None
+    sampler = EpochSampler(len(train_labels), config.seed, (1.0 / counts)[train_labels] if config.balance == "sampler" else None)
+    if resume:  # Lightning makes the first epoch's iterator before it calls set_epoch
+        sampler.set_epoch(_resumed_epoch(last))
+    train_loader = _loader(LabeledImages(train[0], train_labels, train_transform(backbone.spec, image_size, config.augment)), config, sampler)
+    val_loader = _loader(LabeledImages(val[0], val_labels, backbone.transform(image_size)), config, None)
+
+    model = ImageClassifier(backbone, config, class_weights)
+    # Both saved at the end of each training epoch, after validation, so each holds its epoch's history row;
+    # last.ckpt has a callback of its own since Lightning 2.6's save_last refreshes it only when best.ckpt improves.
+    best = ModelCheckpoint(checkpoints, "best", monitor="val_acc", mode="max", save_on_train_epoch_end=True, enable_version_counter=False)
+    callbacks = [Freezer(config), best, ModelCheckpoint(checkpoints, "last", save_on_train_epoch_end=True, enable_version_counter=False)]
+    if config.patience is not None:
+        callbacks.append(EarlyStopping("val_acc", mode="max", patience=config.patience))
+    banners = logging.getLogger("lightning.pytorch.utilities.rank_zero")  # "GPU available: ..." and tips
+    level = banners.level
+    with warnings.catch_warnings():
+        for message in QUIET:
+            warnings.filterwarnings("ignore", message=message)
+        try:
+            banners.setLevel(logging.WARNING)
+            trainer = L.Trainer(
+                max_epochs=config.epochs, accelerator=config.accelerator, precision=config.precision,
+                devices=1 if config.devices == "auto" else config.devices, default_root_dir=run_dir,
+                logger=CSVLogger(run_dir, name="", version="logs"), callbacks=callbacks,
+                enable_progress_bar=progress, enable_model_summary=False, enable_checkpointing=True,
+                num_sanity_val_steps=0, log_every_n_steps=max(1, min(50, len(train_loader))),
+            )  # fmt: skip
+        except (MisconfigurationException, ValueError, ImportError, RuntimeError) as err:
+            raise TransferkitError(f"cannot train with accelerator={config.accelerator!r} devices={config.devices!r} precision={config.precision!r}: {err}") from None
+        finally:
+            banners.setLevel(level)
+        trainer.fit(model, train_loader, val_loader, ckpt_path=last if resume else None, weights_only=True)
+
+    if old_log:  # the resumed run logged from where last.ckpt left off: the earlier rows go back in front
+        new_log = _read_csv(log_file) if log_file.is_file() else []
+        first = min((int(row["epoch"]) for row in new_log), default=float("inf"))
+        _write_csv(log_file, [row for row in old_log if int(row["epoch"]) < first] + new_log)
+    history = model.history
+    _write_csv(run_dir / "metrics.csv", history)
+    best_epoch, best_acc = len(history), float("nan")
+    if best.best_model_path:  # none when val accuracy was never a number
+        state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)
+        backbone.load_state_dict({k.removeprefix("backbone."): v for k, v in state["state_dict"].items() if k.startswith("backbone.")})
+        best_epoch, best_acc = int(state["epoch"]) + 1, float(best.best_model_score)
+    backbone.cpu().eval()
+    return FitResult(
+        backbone, history, len(history), best_epoch, best_acc, time.perf_counter() - started,
+        trainable_params=sum(p.numel() for p in backbone.parameters() if p.requires_grad),
+        total_params=sum(p.numel() for p in backbone.parameters()),
+        failures={split: sorted(found.items()) for split, found in model.failures.items()},
+    )  # fmt: skip

@@ -1,0 +1,300 @@
+"""End-to-end training on Lightning: strategies, BatchNorm freezing, schedules, bad images, resume."""
+
+import csv
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from transferkit.backbones import build_backbone
+from transferkit.errors import TransferkitError
+from transferkit.finetune import EpochSampler, FitConfig, Freezer, ImageClassifier, collate, fit, train_transform
+
+COLOURS = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200]])
+
+
+def make_data(n: int, seed: int, classes: int = 3, counts: list[int] | None = None):
+    """32 px images of ``classes`` mean colours plus noise: easy to separate."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(classes), counts) if counts else np.arange(n) % classes
+    images = [np.clip(COLOURS[c] + rng.normal(0, 25, (32, 32, 3)), 0, 255).astype(np.uint8) for c in labels]
+    return images, labels.tolist()
+
+
+def config(**overrides) -> FitConfig:
+    defaults = dict(epochs=2, batch_size=8, lr=1e-2, num_workers=0, augment="light")
+    return FitConfig(**{**defaults, **overrides})
+
+
+def run(tmp_path, name="lenet", n_train=24, n_val=12, **overrides):
+    backbone = build_backbone(name, pretrained=False)
+    before = {k: v.clone() for k, v in backbone.body.state_dict().items()}
+    result = fit(backbone, make_data(n_train, 0), make_data(n_val, 1), 3, config(**overrides), tmp_path / "run", progress=False)
+    return result, before
+
+
+def last_checkpoint(tmp_path) -> dict:
+    return torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+
+
+def body_after(checkpoint: dict) -> dict:
+    return {k.removeprefix("backbone.body."): v for k, v in checkpoint["state_dict"].items() if k.startswith("backbone.body.")}
+
+
+def changed(before: dict, after: dict, prefix: str) -> dict[str, bool]:
+    """For the float tensors (params, running stats) under ``prefix``: did they change?"""
+    return {k: not torch.equal(v, after[k]) for k, v in before.items() if k.startswith(prefix) and v.is_floating_point()}
+
+
+def check_result(result, epochs: int, phases: list[str]) -> None:
+    assert result.epochs_completed == epochs == len(result.history)
+    assert [row["epoch"] for row in result.history] == list(range(1, epochs + 1))
+    assert [row["phase"] for row in result.history] == phases
+    for row in result.history:
+        assert set(row) == {"epoch", "phase", "train_loss", "train_acc", "val_loss", "val_acc", "lr"}
+        assert 0.0 <= row["train_acc"] <= 1.0 and 0.0 <= row["val_acc"] <= 1.0 and row["train_loss"] >= 0
+    assert result.best_val_acc == max(row["val_acc"] for row in result.history)
+    assert result.history[result.best_epoch - 1]["val_acc"] == result.best_val_acc
+    assert not result.model.training and result.model.num_classes == 3
+    assert 0 < result.trainable_params <= result.total_params and result.seconds > 0
+
+
+def test_train_transform_ends_with_normalise():
+    spec = build_backbone("lenet", pretrained=False).spec
+    image = np.full((40, 50, 3), 128, np.uint8)
+    from PIL import Image
+
+    for augment in ("none", "light", "strong"):
+        transform = train_transform(spec, 32, augment)
+        assert [type(t).__name__ for t in transform.transforms[-2:]] == ["ToDtype", "Normalize"]
+        out = transform(Image.fromarray(image))
+        assert out.shape == (3, 32, 32) and out.dtype == torch.float32
+    with pytest.raises(TransferkitError, match="augment"):
+        train_transform(spec, 32, "wild")
+
+
+def test_frozen_keeps_backbone_and_batchnorm_statistics(tmp_path):
+    result, before = run(tmp_path, "resnet18", n_train=12, n_val=6, batch_size=6, strategy="frozen")
+    check_result(result, 2, ["frozen", "frozen"])
+    after = body_after(last_checkpoint(tmp_path))
+    assert all(torch.equal(before[k], after[k]) for k in before)  # weights, running stats, num_batches_tracked
+    head = sum(p.numel() for p in result.model.classifier.parameters())
+    assert result.trainable_params == head == 512 * 3 + 3
+    run_dir = tmp_path / "run"
+    for artifact in ("checkpoints/last.ckpt", "checkpoints/best.ckpt", "logs/metrics.csv", "metrics.csv"):
+        assert (run_dir / artifact).is_file(), artifact
+    with open(run_dir / "metrics.csv") as f:
+        assert [row["epoch"] for row in csv.DictReader(f)] == ["1", "2"]
+    assert not (Path.cwd() / "lightning_logs").exists()
+
+
+def test_frozen_layers_stay_in_eval_mode_when_the_module_trains():
+    backbone = build_backbone("resnet18", pretrained=False)
+    backbone.reset_classifier(3, 0.5)
+    module = ImageClassifier(backbone, config(strategy="finetune"))
+    backbone.body.requires_grad_(False)
+    backbone.body.layer4.requires_grad_(True)
+    module.train()
+    bns = {name: m.training for name, m in backbone.body.named_modules() if isinstance(m, nn.BatchNorm2d)}
+    assert all(mode == name.startswith("layer4") for name, mode in bns.items())
+    assert backbone.classifier.training
+    backbone.body.layer4.requires_grad_(False)
+    assert not module.train().backbone.body.training  # all frozen: the whole body is a fixed extractor
+
+
+def test_finetune_last_group_only(tmp_path):
+    result, before = run(tmp_path, "resnet18", n_train=12, n_val=6, batch_size=6, unfreeze=1, head_epochs=1)
+    check_result(result, 2, ["head", "finetune"])
+    checkpoint = last_checkpoint(tmp_path)
+    after = body_after(checkpoint)
+    assert all(changed(before, after, "layer4.").values())  # weights and BatchNorm statistics
+    for frozen in ("conv1.", "bn1.", "layer1.", "layer2.", "layer3."):
+        assert not any(changed(before, after, frozen).values()), frozen
+    groups = checkpoint["optimizer_states"][0]["param_groups"]
+    assert [g["lr"] for g in groups] == [pytest.approx(1e-2), pytest.approx(1e-3)]
+    assert len(groups[1]["params"]) == len(list(build_backbone("resnet18", pretrained=False).body.layer4.parameters()))
+    assert result.trainable_params == sum(p.numel() for p in result.model.body.layer4.parameters()) + 512 * 3 + 3
+
+
+def test_gradual_unfreezing_schedule():
+    freezer = Freezer(config(head_epochs=1, gradual=True, unfreeze=2))
+    assert [freezer.groups_for(epoch, 5) for epoch in range(5)] == [0, 1, 2, 2, 2]
+    freezer = Freezer(config(head_epochs=2, gradual=False, unfreeze="all"))
+    assert [freezer.groups_for(epoch, 5) for epoch in range(4)] == [0, 0, 5, 5]
+    assert Freezer(config(strategy="frozen")).groups_for(3, 5) == 0
+
+
+def test_gradual_unfreezing_adds_groups_over_epochs(tmp_path):
+    result, before = run(tmp_path, strategy="finetune", epochs=3, head_epochs=1, gradual=True, unfreeze="all")
+    check_result(result, 3, ["head", "finetune", "finetune"])
+    checkpoint = last_checkpoint(tmp_path)
+    after = body_after(checkpoint)  # lenet groups: features.0 | features.3 | classifier.0, classifier.2
+    assert not any(changed(before, after, "features.0.").values())
+    assert all(changed(before, after, "features.3.").values()) and all(changed(before, after, "classifier.").values())
+    assert [g["lr"] for g in checkpoint["optimizer_states"][0]["param_groups"]] == pytest.approx([1e-2, 1e-3, 1e-3])
+    assert next(v for k, v in checkpoint["callbacks"].items() if k == "Freezer")["unfrozen"] == 2
+
+
+def test_scratch_trains_everything(tmp_path):
+    result, before = run(tmp_path, strategy="scratch", lr=5e-3)
+    check_result(result, 2, ["scratch", "scratch"])
+    assert all(changed(before, body_after(last_checkpoint(tmp_path)), "").values())
+    assert result.trainable_params == result.total_params
+    groups = last_checkpoint(tmp_path)["optimizer_states"][0]["param_groups"]
+    assert [g["lr"] for g in groups] == pytest.approx([5e-3, 5e-3])
+
+
+@pytest.mark.parametrize("balance", ["weights", "sampler"])
+def test_class_balance(tmp_path, balance):
+    backbone = build_backbone("lenet", pretrained=False)
+    train = make_data(0, 0, counts=[16, 4, 4])
+    result = fit(backbone, train, make_data(9, 1), 3, config(balance=balance, strategy="scratch"), tmp_path / "run", progress=False)
+    check_result(result, 2, ["scratch", "scratch"])
+
+
+def test_epoch_sampler_is_seeded_by_epoch_and_balances():
+    sampler = EpochSampler(10, seed=3)
+    first = list(sampler)
+    assert sorted(first) == list(range(10)) and list(sampler) == first
+    sampler.set_epoch(1)
+    assert list(sampler) != first
+    labels = torch.tensor([0] * 90 + [1] * 10)
+    weights = (1.0 / torch.bincount(labels).float())[labels]
+    drawn = labels[list(EpochSampler(100, 0, weights)) + list(EpochSampler(100, 1, weights))]
+    assert 60 < int((drawn == 1).sum()) < 140  # about half, against 10% in the data
+
+
+def test_early_stopping_when_val_accuracy_cannot_improve(tmp_path):
+    result, _ = run(tmp_path, strategy="frozen", lr=0.0, patience=1, epochs=6)
+    assert result.epochs_completed == 2 and result.best_epoch == 1
+    assert result.history[0]["val_acc"] == result.history[1]["val_acc"]
+
+
+def test_bad_images_are_skipped_even_a_whole_batch(tmp_path):
+    images, labels = make_data(9, 0)
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"not a png at all")
+    sources = images[:4] + [corrupt] + images[4:] + [tmp_path / "missing.jpg"]
+    backbone = build_backbone("lenet", pretrained=False)
+    result = fit(backbone, (sources, labels[:4] + [0] + labels[4:] + [1]), make_data(6, 1), 3,
+                 config(batch_size=1, strategy="scratch"), tmp_path / "run", progress=False)  # fmt: skip
+    check_result(result, 2, ["scratch", "scratch"])
+    assert [index for index, _ in result.failures["train"]] == [4, 10]
+    assert "corrupt" in result.failures["train"][0][1] and "no such file" in result.failures["train"][1][1]
+    assert result.failures["val"] == []
+    images, labels, failures = collate([(None, 0, 3, "bad"), (None, 1, 5, "worse")])
+    assert images is None and labels is None and failures == [(3, "bad"), (5, "worse")]
+
+
+def test_same_seed_same_history(tmp_path):
+    # default workers (2 here: several batches), strong augmentation, dropout: all seeded
+    kwargs = dict(n_train=30, strategy="finetune", augment="strong", num_workers=None, seed=7)
+    first, _ = run(tmp_path / "a", **kwargs)
+    second, _ = run(tmp_path / "b", **kwargs)
+    assert first.history == second.history
+
+
+def test_resume_needs_a_checkpoint(tmp_path):
+    backbone = build_backbone("lenet", pretrained=False)
+    with pytest.raises(TransferkitError, match="nothing to resume"):
+        fit(backbone, make_data(6, 0), make_data(3, 1), 3, config(), tmp_path, resume=True, progress=False)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [({"strategy": "linear"}, "strategy"), ({"unfreeze": 0}, "unfreeze"), ({"unfreeze": 4}, "3 layer groups"),
+     ({"balance": "oversample"}, "balance"), ({"accelerator": "gpu"}, "cannot train")],
+)  # fmt: skip
+def test_config_errors(tmp_path, overrides, message):
+    if overrides.get("accelerator") == "gpu" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    backbone = build_backbone("lenet", pretrained=False)
+    with pytest.raises(TransferkitError, match=message):
+        fit(backbone, make_data(6, 0), make_data(3, 1), 3, config(**overrides), tmp_path, progress=False)
+
+
+def test_label_errors(tmp_path):
+    backbone = build_backbone("lenet", pretrained=False)
+    images, labels = make_data(6, 0)
+    with pytest.raises(TransferkitError, match="labels must be 0..2"):
+        fit(backbone, (images, [5] * 6), make_data(3, 1), 3, config(), tmp_path, progress=False)
+    with pytest.raises(TransferkitError, match="6 images and 5 labels"):
+        fit(backbone, (images, labels[:5]), make_data(3, 1), 3, config(), tmp_path, progress=False)
+
+
+RESUME_CONFIG = dict(strategy="finetune", epochs=3, head_epochs=1, gradual=True, augment="strong", batch_size=8)
+
+SCRIPT = """
+import json, sys, time
+sys.path.insert(0, {tests!r})
+from pathlib import Path
+from test_finetune import RESUME_CONFIG, config, make_data
+from transferkit.backbones import build_backbone
+from transferkit.finetune import fit
+
+class Slow(list):  # slow enough for the parent to kill the first run in its third epoch
+    def __getitem__(self, index):
+        time.sleep(0.02)
+        return list.__getitem__(self, index)
+
+resume = sys.argv[1] == "resume"
+images, labels = make_data(24, 0)
+result = fit(build_backbone("lenet", pretrained=False), (images if resume else Slow(images), labels), make_data(12, 1), 3,
+             config(**RESUME_CONFIG), Path({run_dir!r}), resume=resume, progress=False)
+Path({out!r}).write_text(json.dumps({{"history": result.history, "epochs": result.epochs_completed}}))
+"""
+
+
+def checkpoint_epoch(path: Path) -> int | None:
+    try:  # our own file; it may be half written when we look
+        return torch.load(path, map_location="cpu", weights_only=True)["epoch"]
+    except Exception:
+        return None
+
+
+def test_resume_after_sigkill_continues_the_same_run(tmp_path):
+    run_dir, out = tmp_path / "run", tmp_path / "result.json"
+    script = tmp_path / "train.py"
+    script.write_text(textwrap.dedent(SCRIPT.format(tests=str(Path(__file__).parent), run_dir=str(run_dir), out=str(out))))
+    last = run_dir / "checkpoints" / "last.ckpt"
+
+    proc = subprocess.Popen([sys.executable, str(script), "fresh"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline, seen = time.monotonic() + 120, None
+    while time.monotonic() < deadline and proc.poll() is None:
+        seen = checkpoint_epoch(last) if last.is_file() else None
+        if seen is not None and seen >= 1:
+            break
+        time.sleep(0.05)
+    still_running = proc.poll() is None
+    proc.send_signal(signal.SIGKILL)
+    stderr = proc.communicate()[1].decode(errors="replace")
+    assert still_running and seen == 1, f"killed too late (epoch {seen}): {stderr[-2000:]}"
+    assert not out.exists()
+
+    resumed = subprocess.run([sys.executable, str(script), "resume"], capture_output=True, text=True, timeout=180)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Restoring states from the checkpoint" in resumed.stderr
+    result = json.loads(out.read_text())
+    assert result["epochs"] == 3 and [row["epoch"] for row in result["history"]] == [1, 2, 3]
+
+    images, labels = make_data(24, 0)
+    reference = fit(build_backbone("lenet", pretrained=False), (images, labels), make_data(12, 1), 3,
+                    config(**RESUME_CONFIG), tmp_path / "uninterrupted", progress=False)  # fmt: skip
+    assert [row["phase"] for row in result["history"]] == ["head", "finetune", "finetune"]
+    assert reference.epochs_completed == 3
+    for got, want in zip(result["history"], reference.history):  # the same run, not merely a similar one
+        assert got.pop("phase") == want["phase"]
+        assert got == pytest.approx({k: v for k, v in want.items() if k != "phase"}, rel=1e-5)
+
+    with open(run_dir / "logs" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(int(row["epoch"]) for row in rows if row["val_acc"]) == [0, 1, 2]
+    assert sorted(int(row["epoch"]) for row in rows if row["train_acc"]) == [0, 1, 2]
