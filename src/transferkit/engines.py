@@ -102,8 +102,11 @@ def onnxruntime_available() -> bool:
     return True
 
 
-def resolve_engine(name: str) -> str:
-    """``auto`` picks ONNX Runtime where it is installed: several times faster on CPUs.
+AUTO_ONNX_MIN_IMAGES = 1000  # below this, the one-off export (seconds) costs more than it saves
+
+
+def resolve_engine(name: str, n_images: int | None = None) -> str:
+    """``auto`` picks ONNX Runtime on a CPU for ``n_images`` >= 1000, where it is installed.
 
     $TRANSFERKIT_ENGINE, where set, decides what ``auto`` means.
     """
@@ -112,7 +115,8 @@ def resolve_engine(name: str) -> str:
     if name == "auto" and os.environ.get("TRANSFERKIT_ENGINE", "auto") != "auto":
         return resolve_engine(os.environ["TRANSFERKIT_ENGINE"])
     if name == "auto":
-        return "onnxruntime" if onnxruntime_available() and not torch.cuda.is_available() else "torch"
+        many = n_images is None or n_images >= AUTO_ONNX_MIN_IMAGES
+        return "onnxruntime" if many and onnxruntime_available() and not torch.cuda.is_available() else "torch"
     if name == "onnxruntime" and not onnxruntime_available():
         raise TransferkitError("--engine onnxruntime needs onnx, onnxscript and onnxruntime: pip install 'transferkit[onnx]'")
     return name

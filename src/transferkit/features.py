@@ -192,7 +192,7 @@ def extract_features(
     from transferkit.engines import resolve_engine
 
     labels = np.asarray(labels, dtype=np.int64)
-    engine = resolve_engine(engine)
+    engine = resolve_engine(engine, len(samples))
     key, key_description = cache_key(backbone, layer, image_size, data_fingerprint, engine)
     root = cache_root(cache_dir)
     path = root / key

@@ -309,7 +309,7 @@ def _loader(dataset: LabeledImages, config: FitConfig, sampler: Sampler | None) 
     workers = (min(2, os.cpu_count() or 1) if n > size else 0) if config.num_workers is None else config.num_workers
     # A lone image in the last batch breaks BatchNorm in training mode; shuffled, a different one waits each epoch.
     drop_last = sampler is not None and n > 1 and n % size == 1
-    # Workers are not persistent: each epoch's draw their seeds from the checkpointed RNG, so resumes replay them.
+    # Workers are not persistent: each epoch's take their seeds from the checkpointed RNG, so a resume replays them.
     return DataLoader(dataset, batch_size=size, sampler=sampler, num_workers=workers, collate_fn=collate, drop_last=drop_last)
 
 
@@ -332,6 +332,19 @@ def _resumed_epoch(last: Path) -> int:
         raise TransferkitError(f"cannot resume from {last}: not a readable transferkit checkpoint ({err})") from None
 
 
+def _trainer(config: FitConfig, run_dir: Path, callbacks: list, progress: bool, n_batches: int) -> L.Trainer:
+    try:
+        return L.Trainer(
+            max_epochs=config.epochs, accelerator=config.accelerator, precision=config.precision,
+            devices=1 if config.devices == "auto" else config.devices, default_root_dir=run_dir,
+            logger=CSVLogger(run_dir, name="", version="logs"), callbacks=callbacks,
+            enable_progress_bar=progress, enable_model_summary=False, enable_checkpointing=True,
+            num_sanity_val_steps=0, log_every_n_steps=max(1, min(50, n_batches)),
+        )  # fmt: skip
+    except (MisconfigurationException, ValueError, ImportError, RuntimeError) as err:
+        raise TransferkitError(f"cannot train with accelerator={config.accelerator!r} devices={config.devices!r} precision={config.precision!r}: {err}") from None
+
+
 def fit(
     backbone: Backbone, train: tuple[Sequence[ImageSource], Sequence[int]], val: tuple[Sequence[ImageSource], Sequence[int]],
     num_classes: int, config: FitConfig, run_dir: Path, *, resume: bool = False, progress: bool = True,
@@ -352,7 +365,7 @@ def fit(
     if not resume:
         shutil.rmtree(checkpoints, ignore_errors=True)
         log_file.unlink(missing_ok=True)
-    old_log = _read_csv(log_file) if log_file.is_file() else []  # CSVLogger empties the file when it starts: merged back below
+    old_log = _read_csv(log_file) if log_file.is_file() else []  # CSVLogger empties it on start: merged back below
 
     L.seed_everything(config.seed, workers=True, verbose=False)
     if not (resume and backbone.num_classes == num_classes):
@@ -373,25 +386,18 @@ def fit(
     callbacks = [Freezer(config), best, ModelCheckpoint(checkpoints, "last", save_on_train_epoch_end=True, enable_version_counter=False)]
     if config.patience is not None:
         callbacks.append(EarlyStopping("val_acc", mode="max", patience=config.patience))
-    banners = logging.getLogger("lightning.pytorch.utilities.rank_zero")  # "GPU available: ..." and tips
+    banners = logging.getLogger("lightning.pytorch.utilities.rank_zero")  # "GPU available: ...", tips, notes
     level = banners.level
     with warnings.catch_warnings():
         for message in QUIET:
             warnings.filterwarnings("ignore", message=message)
         try:
             banners.setLevel(logging.WARNING)
-            trainer = L.Trainer(
-                max_epochs=config.epochs, accelerator=config.accelerator, precision=config.precision,
-                devices=1 if config.devices == "auto" else config.devices, default_root_dir=run_dir,
-                logger=CSVLogger(run_dir, name="", version="logs"), callbacks=callbacks,
-                enable_progress_bar=progress, enable_model_summary=False, enable_checkpointing=True,
-                num_sanity_val_steps=0, log_every_n_steps=max(1, min(50, len(train_loader))),
-            )  # fmt: skip
-        except (MisconfigurationException, ValueError, ImportError, RuntimeError) as err:
-            raise TransferkitError(f"cannot train with accelerator={config.accelerator!r} devices={config.devices!r} precision={config.precision!r}: {err}") from None
+            trainer = _trainer(config, run_dir, callbacks, progress, len(train_loader))
+            banners.setLevel(level if progress else logging.WARNING)  # with the bar come resume and stop notes
+            trainer.fit(model, train_loader, val_loader, ckpt_path=last if resume else None, weights_only=True)
         finally:
             banners.setLevel(level)
-        trainer.fit(model, train_loader, val_loader, ckpt_path=last if resume else None, weights_only=True)
 
     if old_log:  # the resumed run logged from where last.ckpt left off: the earlier rows go back in front
         new_log = _read_csv(log_file) if log_file.is_file() else []
