@@ -138,7 +138,10 @@ def _resumed_options(run_dir: Path, given: TrainOptions) -> TrainOptions:
 
 
 def _backbone(opts: TrainOptions):
-    pretrained = opts.pretrained and opts.strategy != "scratch"
+    from transferkit.backbones import get_spec
+
+    # Baselines without pretrained weights (lenet, pixels) are always built at random.
+    pretrained = opts.pretrained and opts.strategy != "scratch" and get_spec(opts.model).has_pretrained
     return build_backbone(opts.model, pretrained=pretrained, weights=opts.weights if pretrained else None, trust_pickle=opts.trust_pickle, seed=opts.seed)
 
 

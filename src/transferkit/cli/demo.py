@@ -21,7 +21,8 @@ def demo_cells(model: str, image_size: int | None, epochs: int):
         Cell(model, "linear", "stage2", sized),
         Cell(model, "linear", "stage3", sized),
         Cell(model, "linear", "penultimate", sized),
-        Cell(model, "finetune", "penultimate", sized + (("epochs", epochs), ("lr", 3e-3))),
+        # Few epochs: no augmentation, a brisk learning rate (measured on digits: 97% in 5 epochs).
+        Cell(model, "finetune", "penultimate", sized + (("epochs", epochs), ("lr", 3e-3), ("augment", "none"))),
     ]
 
 
@@ -31,7 +32,7 @@ def demo(
     model: str = typer.Option("efficientnet_lite0", "--model", "-m"),
     out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Folder for the runs and the leaderboard."),
     image_size: int = typer.Option(None, "--image-size", help="Input size (default 64 for digits, else the backbone's)."),
-    epochs: int = typer.Option(3, "--epochs", min=1, help="Epochs of the fine-tuning cell."),
+    epochs: int = typer.Option(5, "--epochs", min=1, help="Epochs of the fine-tuning cell."),
 ) -> None:
     """Compare transfer-learning strategies on DATA and write a leaderboard with plots."""
     from transferkit.compare import best, compare
@@ -43,7 +44,9 @@ def demo(
         acc = lambda k: f"{r[k]:.1%}" if r.get(k) is not None else "-"  # noqa: E731
         secs = lambda k: f"{r[k]:.1f}" if r.get(k) is not None else "-"  # noqa: E731
         table.add_row(r["model"], r["strategy"], r["layer"], acc("val_acc"), acc("test_acc"), secs("extract_seconds"), secs("train_seconds"))
-    Console().print(table)
+    console = Console()
+    console.width = max(console.width, 110)  # keep the table whole when stdout is not a terminal
+    console.print(table)
     top = best(rows)
     if top:
         typer.echo(f"best: {top['model']} / {top['strategy']} / {top['layer']}; leaderboard and reports in {out}/")

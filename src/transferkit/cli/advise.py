@@ -1,0 +1,32 @@
+"""`transferkit advise`: which strategy fits DATA, from measurements on it."""
+
+from __future__ import annotations
+
+import typer
+
+from transferkit.cli._app import JSON, MODEL, command, print_json
+from transferkit.cli.extract import CACHE_DIR
+
+
+@command("advise")
+def advise(
+    data: str = typer.Argument(..., help="Image folder, CSV, cifar10[:ROOT], gtsrb[:ROOT], file.p, or digits."),
+    model: str = MODEL,
+    sample_per_class: int = typer.Option(50, "--sample-per-class", min=2, help="Images per class measured."),
+    cache_dir: str = CACHE_DIR,
+    seed: int = typer.Option(0, "--seed"),
+    as_json: bool = JSON,
+) -> None:
+    """Measure DATA and recommend a strategy, layer, image size and regularisation."""
+    from transferkit.advise import advise as run_advise
+
+    advice = run_advise(data, model=model, sample_per_class=sample_per_class, cache_dir=cache_dir, seed=seed, progress=not as_json)
+    if as_json:
+        print_json(advice.to_dict())
+        return
+    typer.echo(f"case: {advice.case.replace('-', ', ')} to ImageNet")
+    for reason in advice.reasons:
+        typer.echo(f"  - {reason}")
+    typer.echo(f"recommended: --strategy {advice.strategy} --layer {advice.layer} --image-size {advice.image_size}")
+    typer.echo(f"regularisation: {', '.join(f'{k} {v}' for k, v in advice.regularisation.items())}")
+    typer.echo(f"run: {advice.command}")
