@@ -11,6 +11,7 @@ cross-validated linear probes on features of each stage, the last layer and raw 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Sequence
 
 import numpy as np
 
@@ -75,8 +76,50 @@ def _image_sizes(samples, limit: int = 50) -> tuple[int, int]:
     return int(np.median([w for w, _ in sizes])), int(np.median([h for _, h in sizes]))
 
 
-def advise(data, *, model: str = DEFAULT_MODEL, sample_per_class: int = 50, max_sample: int = 1000, cache_dir=None, seed: int = 0, progress: bool = True) -> Advice:
-    """Measure ``data`` (a DATA string or Dataset) and recommend a strategy, layer and size."""
+def decide(median_per_class: int, probes: dict[str, float], pixels: float, confidence: float, n_train: int, n_sample: int):
+    """The four-case guide applied to the measurements: (case, strategy, layer, reasons)."""
+    best_stage = max((k for k in probes if k != "penultimate"), key=probes.get, default="penultimate")
+    similar = not (best_stage != "penultimate" and probes[best_stage] > probes["penultimate"] + SIMILARITY_MARGIN)
+    large = median_per_class >= LARGE_PER_CLASS
+    case = f"{'large' if large else 'small'}-{'similar' if similar else 'different'}"
+    reasons = [
+        f"{n_train} training images, median {median_per_class} per class: {'large' if large else 'small'} (threshold {LARGE_PER_CLASS} per class)",
+        f"linear probe on {n_sample} sampled images: last layer {probes['penultimate']:.1%}, best earlier stage {best_stage} {probes.get(best_stage, float('nan')):.1%}, raw pixels {pixels:.1%}",
+        f"the pretrained network's mean top ImageNet probability on the sample: {confidence:.2f}",
+        "the last layer's features fit this data as well as any earlier stage: similar to ImageNet" if similar
+        else f"{best_stage} separates the classes better than the last layer: unlike ImageNet",
+    ]
+    if case == "small-similar":
+        strategy, layer = "linear", "penultimate"
+        reasons.append("small and similar: train a head on the last layer's cached features")
+    elif case == "small-different":
+        strategy, layer = "linear", best_stage
+        reasons.append(f"small and different: a head on the earlier, more generic features of {best_stage}")
+    elif case == "large-similar":
+        strategy, layer = "finetune", "penultimate"
+        reasons.append("large and similar: fine-tune the last layer groups at a lower learning rate")
+    else:
+        strategy, layer = "finetune", "penultimate"
+        reasons.append("large and different: fine-tune the whole network (or compare with --strategy scratch)")
+    return case, strategy, layer, reasons
+
+
+def advise(
+    data,
+    *,
+    model: str = DEFAULT_MODEL,
+    pretrained: bool = True,
+    sample_per_class: int = 50,
+    max_sample: int = 1000,
+    image_sizes: Sequence[int] | None = None,
+    cache_dir=None,
+    seed: int = 0,
+    progress: bool = True,
+) -> Advice:
+    """Measure ``data`` (a DATA string or Dataset) and recommend a strategy, layer and size.
+
+    ``image_sizes`` are the input sizes tried (default 64, 128 and the backbone's own).
+    """
     from transferkit.data import Dataset, load_data
     from transferkit.features import extract_features
 
@@ -87,7 +130,7 @@ def advise(data, *, model: str = DEFAULT_MODEL, sample_per_class: int = 50, max_
     counts = np.bincount(train.labels, minlength=len(dataset.classes))
     per_class = max(2, min(sample_per_class, max_sample // len(dataset.classes)))
     sample = train.per_class(per_class, seed=seed)
-    backbone = build_backbone(model)
+    backbone = build_backbone(model, pretrained=pretrained)
     spec = backbone.spec
     width, height = _image_sizes(sample.samples)
 
@@ -97,7 +140,8 @@ def advise(data, *, model: str = DEFAULT_MODEL, sample_per_class: int = 50, max_
                                 image_size=size, cache_dir=cache_dir, progress=label).usable()  # fmt: skip
 
     # Image size: the smallest that is within a point of the best, on the last layer's probe.
-    candidates = [spec.input_size] if spec.fixed_input_size else sorted({s for s in (64, 128, spec.input_size) if s >= spec.min_input_size})
+    tried = image_sizes or (64, 128, spec.input_size)
+    candidates = [spec.input_size] if spec.fixed_input_size else sorted({s for s in tried if s >= spec.min_input_size})
     by_size = {}
     for size in candidates:
         X, y = features("penultimate", size)
@@ -118,32 +162,9 @@ def advise(data, *, model: str = DEFAULT_MODEL, sample_per_class: int = 50, max_
         imagenet = backbone.classifier(torch.as_tensor(np.asarray(X))).softmax(1)
     confidence = float(imagenet.max(1).values.mean())
 
-    best_stage = max((k for k in probes if k != "penultimate"), key=probes.get, default="penultimate")
-    earlier_wins = best_stage != "penultimate" and probes[best_stage] > probes["penultimate"] + SIMILARITY_MARGIN
-    similar = not earlier_wins
     median_per_class = int(np.median(counts))
-    large = median_per_class >= LARGE_PER_CLASS
-    case = f"{'large' if large else 'small'}-{'similar' if similar else 'different'}"
-
-    reasons = [
-        f"{len(train)} training images, median {median_per_class} per class: {'large' if large else 'small'} (threshold {LARGE_PER_CLASS} per class)",
-        f"linear probe on {len(y)} sampled images: last layer {probes['penultimate']:.1%}, best earlier stage {best_stage} {probes[best_stage]:.1%}, raw pixels {pixels:.1%}",
-        f"the pretrained network's mean top ImageNet probability on the sample: {confidence:.2f}",
-        "the last layer's features fit this data as well as any earlier stage: similar to ImageNet" if similar
-        else f"{best_stage} separates the classes better than the last layer: unlike ImageNet",
-    ]
-    if case == "small-similar":
-        strategy, layer = "linear", "penultimate"
-        reasons.append("small and similar: train a head on the last layer's cached features")
-    elif case == "small-different":
-        strategy, layer = "linear", best_stage
-        reasons.append(f"small and different: a head on the earlier, more generic features of {best_stage}")
-    elif case == "large-similar":
-        strategy, layer = "finetune", "penultimate"
-        reasons.append("large and similar: fine-tune the last layer groups at a lower learning rate")
-    else:
-        strategy, layer = "finetune", "penultimate"
-        reasons.append("large and different: fine-tune the whole network (or compare with --strategy scratch)")
+    case, strategy, layer, reasons = decide(median_per_class, probes, pixels, confidence, len(train), len(y))
+    large = case.startswith("large")
     regularisation = (
         {"dropout": 0.5, "weight_decay": 1e-3, "augment": "strong", "patience": 3} if not large
         else {"dropout": 0.2, "weight_decay": 1e-4, "augment": "light", "patience": 3}

@@ -10,6 +10,7 @@ is written last: no meta, not complete), checksummed, and read memory-mapped.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -125,23 +126,34 @@ def _write_chunk(partial: Path, index: int, features: np.ndarray, ok: np.ndarray
 
 
 def _finalise(path: Path, partial: Path, n_chunks: int, labels: np.ndarray, description: dict, extra: dict) -> list[dict]:
-    """Stream the chunks into one memory-mappable array; meta.json last marks completion."""
+    """Stream the chunks into one .npy file; meta.json, written last, marks the entry complete.
+
+    Plain file writes rather than a writable memmap: dirty mapped pages would count against
+    the process, and peak memory must not grow with the dataset.
+    """
     chunks = [partial / f"chunk-{i:06d}.npz" for i in range(n_chunks)]
-    first = np.load(chunks[0])
-    dim = first["features"].shape[1]
-    features = np.lib.format.open_memmap(path / "features.npy", mode="w+", dtype=np.float32, shape=(len(labels), dim))
+    with np.load(chunks[0]) as first:
+        dim = first["features"].shape[1]
     ok = np.zeros(len(labels), dtype=bool)
     failures: list[dict] = []
+    digest = hashlib.sha256()
     row = 0
-    for chunk_path in chunks:
-        with np.load(chunk_path) as chunk:
-            n = len(chunk["ok"])
-            features[row : row + n] = chunk["features"]
-            ok[row : row + n] = chunk["ok"]
-            failures += json.loads(str(chunk["failures"]))
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": np.dtype(np.float32).str, "fortran_order": False, "shape": (len(labels), dim)})
+    with open(path / "features.npy", "wb") as out:
+        out.write(header.getvalue())
+        digest.update(header.getvalue())
+        for chunk_path in chunks:
+            with np.load(chunk_path) as chunk:
+                block = np.ascontiguousarray(chunk["features"], dtype=np.float32).tobytes()
+                n = len(chunk["ok"])
+                ok[row : row + n] = chunk["ok"]
+                failures += json.loads(str(chunk["failures"]))
+            out.write(block)
+            digest.update(block)
             row += n
-    features.flush()
-    del features
+        out.flush()
+        os.fsync(out.fileno())
     np.save(path / "labels.npy", labels)
     np.save(path / "ok.npy", ok)
     meta = {
@@ -151,7 +163,7 @@ def _finalise(path: Path, partial: Path, n_chunks: int, labels: np.ndarray, desc
         "dim": int(dim),
         "failures": failures,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "sha256": {name: _sha256(path / name) for name in ("features.npy", "labels.npy", "ok.npy")},
+        "sha256": {"features.npy": digest.hexdigest(), **{name: _sha256(path / name) for name in ("labels.npy", "ok.npy")}},
     }
     _atomic_write_bytes(path / META, json.dumps(meta, indent=1).encode())
     shutil.rmtree(partial, ignore_errors=True)

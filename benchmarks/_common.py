@@ -1,0 +1,54 @@
+"""Shared by the benchmark scripts: data discovery, machine description, results file."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "BENCHMARKS.md"
+ARCHIVE = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
+
+
+def cifar10_folder(data_dir: Path = ROOT / ".data") -> Path:
+    """CIFAR-10 as JPEG folders, unpacked once from ../shared/datasets into a git-ignored folder."""
+    folder = data_dir / "cifar10"
+    if not (folder / "test").is_dir():
+        if not ARCHIVE.is_file():
+            sys.exit(f"CIFAR-10 archive not found at {ARCHIVE}; benchmarks need ../shared/datasets")
+        data_dir.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["tar", "-xzf", str(ARCHIVE), "-C", str(data_dir)], check=True)
+    return folder
+
+
+def machine() -> str:
+    cpu = platform.processor() or "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    return f"{os.cpu_count()} cores, {cpu}, torch {torch.__version__}, Python {platform.python_version()}"
+
+
+def record(title: str, command: str, lines: list[str]) -> None:
+    """Print the figures and append them, with the command, machine and date, to BENCHMARKS.md."""
+    print("\n".join(lines))
+    if not RESULTS.exists():
+        RESULTS.write_text("# Benchmarks\n\nFigures appended by the scripts in `benchmarks/`; each section says how it was made.\n")
+    block = [f"\n## {title}", "", f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", f"- machine: {machine()}",
+             f"- command: `{command}`", "", *lines, ""]  # fmt: skip
+    with open(RESULTS, "a") as f:
+        f.write("\n".join(block))
+
+
+def command_line() -> str:
+    return "python " + " ".join([str(Path(sys.argv[0]).relative_to(ROOT)) if Path(sys.argv[0]).is_absolute() else sys.argv[0], *sys.argv[1:]])

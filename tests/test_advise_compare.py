@@ -1,0 +1,111 @@
+"""`advise` (the four cases from measurements) and `compare` (the leaderboard, resumable)."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from transferkit.advise import LARGE_PER_CLASS, advise, decide
+from transferkit.cli import app
+from transferkit.compare import Cell, compare, grid
+from transferkit.train import train
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize(
+    "per_class, probes, case, strategy, layer",
+    [
+        (50, {"penultimate": 0.9, "stage1": 0.5, "stage2": 0.7}, "small-similar", "linear", "penultimate"),
+        (50, {"penultimate": 0.6, "stage1": 0.5, "stage2": 0.8}, "small-different", "linear", "stage2"),
+        (LARGE_PER_CLASS, {"penultimate": 0.9, "stage1": 0.5}, "large-similar", "finetune", "penultimate"),
+        (5000, {"penultimate": 0.6, "stage2": 0.7}, "large-different", "finetune", "penultimate"),
+        (50, {"penultimate": 0.795, "stage2": 0.80}, "small-similar", "linear", "penultimate"),  # within the margin
+    ],
+)
+def test_four_cases(per_class, probes, case, strategy, layer):
+    got = decide(per_class, probes, pixels=0.3, confidence=0.5, n_train=per_class * 10, n_sample=100)
+    assert got[:3] == (case, strategy, layer)
+    assert any("probe" in reason for reason in got[3])
+
+
+@pytest.fixture(scope="module")
+def stripes(tmp_path_factory):
+    """Two classes that only low-level features tell apart: horizontal vs vertical stripes."""
+    root = tmp_path_factory.mktemp("stripes")
+    rng = np.random.default_rng(0)
+    for name, axis in (("horizontal", 0), ("vertical", 1)):
+        (root / name).mkdir()
+        for i in range(16):
+            line = (np.arange(32) // 2 % 2 * 200 + rng.integers(0, 40)).astype(np.uint8)
+            pixels = np.repeat(line[:, None] if axis == 0 else line[None, :], 32, axis=1 - axis)
+            Image.fromarray(np.stack([pixels] * 3, -1)).save(root / name / f"{i}.png")
+    return root
+
+
+FAST = {"model": "resnet18", "pretrained": False, "image_sizes": (32,), "sample_per_class": 8, "progress": False}
+
+
+def test_advice_json_shape_and_command(stripes, tmp_path):
+    advice = advise(str(stripes), cache_dir=tmp_path, **FAST)
+    data = advice.to_dict()
+    assert data["case"] in ("small-similar", "small-different")
+    assert set(data["evidence"]["probe_accuracy"]) == {"penultimate", "stage1", "stage2", "stage3", "stage4", "pixels"}
+    assert data["evidence"]["median_per_class"] < LARGE_PER_CLASS and data["image_size"] == 32
+    assert data["command"].startswith(f"transferkit train {stripes} --model resnet18 --strategy {data['strategy']}")
+    assert 0 < data["evidence"]["imagenet_confidence"] <= 1
+
+
+def test_advise_cli_json(stripes, tmp_path):
+    result = runner.invoke(app, ["advise", str(stripes), "--model", "efficientnet_lite0", "--sample-per-class", "4", "--cache-dir", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    assert {"case", "strategy", "layer", "image_size", "regularisation", "evidence", "reasons", "command"} <= set(json.loads(result.stdout))
+
+
+def test_strategy_auto_uses_the_advice(stripes, tmp_path, monkeypatch):
+    import transferkit.advise as advise_module
+
+    real = advise_module.advise
+    monkeypatch.setattr(advise_module, "advise", lambda data, **kw: real(data, **{**kw, **FAST, "cache_dir": tmp_path}))
+    result = train(str(stripes), tmp_path / "run", progress=False, strategy="auto", model="resnet18", pretrained=False)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["strategy"] in ("linear", "finetune") and config["image_size"] == 32
+    assert result.metrics["summary"]["strategy"] == config["strategy"]
+
+
+def test_grid_applies_layers_to_heads_only():
+    cells = grid(["a", "b"], ["linear", "finetune"], ["penultimate", "stage2"])
+    assert [c.name for c in cells] == [
+        "a-linear-penultimate", "a-linear-stage2", "a-finetune-penultimate",
+        "b-linear-penultimate", "b-linear-stage2", "b-finetune-penultimate",
+    ]  # fmt: skip
+
+
+def test_compare_resumes_and_records_failed_cells(stripes, tmp_path):
+    # lenet has no pretrained weights (built at random); resnet50's are not on this machine.
+    cells = grid(["lenet"], ["linear", "svm"], ["penultimate", "stage2"]) + [Cell("resnet50", "linear")]
+    options = {"image_size": 32, "cache_dir": str(tmp_path / "cache")}
+    rows = compare(str(stripes), cells, tmp_path / "cmp", progress=False, echo=lambda *_: None, **options)
+    assert [r["status"] for r in rows] == ["done"] * 4 + ["failed"]
+    assert "no pretrained weights for resnet50" in rows[-1]["reason"]
+    for name in ("leaderboard.csv", "leaderboard.md", "leaderboard.png"):
+        assert (tmp_path / "cmp" / name).is_file()
+    # A second run reuses every finished cell and retries only the failed one.
+    again = compare(str(stripes), cells, tmp_path / "cmp", progress=False, echo=lambda *_: None, **options)
+    assert [r["status"] for r in again] == ["done (reused)"] * 4 + ["failed"]
+    assert [r["val_acc"] for r in again[:4]] == [r["val_acc"] for r in rows[:4]]
+
+
+def test_compare_cli_rejects_unknown_strategy(stripes, tmp_path):
+    result = runner.invoke(app, ["compare", str(stripes), "--strategies", "linear,boost", "--out", str(tmp_path)])
+    assert result.exit_code == 1 and "unknown strategy 'boost'" in result.stderr
+
+
+def test_real_advice_on_digits_prefers_an_earlier_stage(tmp_path):
+    """Digits are unlike ImageNet: the embedded Lite0's earlier stage beats its last layer."""
+    advice = advise("digits", image_sizes=(64,), sample_per_class=30, cache_dir=tmp_path, progress=False)
+    probes = advice.evidence["probe_accuracy"]
+    assert advice.case == "small-different", advice.reasons
+    assert advice.layer.startswith("stage") and probes[advice.layer] > probes["penultimate"]
