@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from transferkit.backbones import DEFAULT_MODEL, build_backbone
 from transferkit.errors import TransferkitError
@@ -124,10 +125,11 @@ def train(data, out: str | Path | None = None, *, resume: bool = False, progress
 
     write_json(run_dir / "config.json", {"data": dataset.name, "classes": dataset.classes, **dataclasses.asdict(opts)})
     if opts.strategy in FEATURE_STRATEGIES:
-        model, history, timings = _train_head(dataset, train_set, opts, progress)
+        model, history, timings, predictions = _train_head(dataset, train_set, opts, progress)
     else:
         model, history, timings = _train_end_to_end(dataset, train_set, opts, run_dir, resume, progress)
-    return _finish(run_dir, dataset, train_set, model, history, timings, opts, progress)
+        predictions = {}
+    return _finish(run_dir, dataset, train_set, model, history, timings, predictions, opts, progress)
 
 
 def _resumed_options(run_dir: Path, given: TrainOptions) -> TrainOptions:
@@ -169,7 +171,18 @@ def _train_head(dataset, train_set, opts: TrainOptions, progress: bool):
     started = time.perf_counter()
     head.fit(X, y)
     train_seconds = time.perf_counter() - started
-    history = _head_learning_curve(head, X, y, backbone, dataset, opts, progress)
+    # Validation and test images go through the same cached features and the folded head.
+    module = head.to_module()
+    predictions = {}
+    evaluated = {}
+    for split in ("val", "test"):
+        images = dataset.splits.get(split)
+        if images is not None and len(images):
+            evaluated[split] = _extract(backbone, images, opts, split, dataset.name, progress).usable()
+            with torch.inference_mode():
+                scores = module(torch.as_tensor(np.asarray(evaluated[split][0])))
+            predictions[split] = (evaluated[split][1], scores.argmax(1).numpy())
+    history = _head_learning_curve(head, X, y, evaluated.get("val"), opts)
     timings = {
         "extract_seconds": extract_seconds,
         "train_seconds": train_seconds,
@@ -177,15 +190,14 @@ def _train_head(dataset, train_set, opts: TrainOptions, progress: bool):
         "skipped_images": len(train_features.failures),
         "chosen_C": getattr(head, "C_", None),
     }
-    return TrainedModel(backbone, head.to_module(), opts.layer), history, timings
+    return TrainedModel(backbone, module, opts.layer), history, timings, predictions
 
 
-def _head_learning_curve(head, X, y, backbone, dataset, opts, progress) -> list[dict]:
+def _head_learning_curve(head, X, y, val, opts) -> list[dict]:
     """Train and validation accuracy of the same head fitted on growing shares of the data."""
     from sklearn.base import clone
 
-    val = _extract(backbone, dataset.val, opts, "val", dataset.name, progress)
-    Xv, yv = val.usable()
+    Xv, yv = val if val is not None else (X[:0], y[:0])
     fixed = {"C": head.C_} if hasattr(head, "C_") else {}
     history = []
     for share in (0.1, 0.25, 0.5, 1.0):
@@ -232,8 +244,8 @@ def _train_end_to_end(dataset, train_set, opts: TrainOptions, run_dir: Path, res
     return TrainedModel(trained, trained.classifier, "penultimate"), result.history, timings
 
 
-def _finish(run_dir: Path, dataset, train_set, model, history, timings, opts: TrainOptions, progress: bool) -> TrainResult:
-    """Evaluate on val and test, save the model, metrics, plots and report."""
+def _finish(run_dir: Path, dataset, train_set, model, history, timings, predictions, opts: TrainOptions, progress: bool) -> TrainResult:
+    """Evaluate on val and test (unless ``predictions`` has them), save model, metrics, plots, report."""
     from transferkit.report import classification_metrics, plot_confusion, plot_curves, write_report
     from transferkit.runs import Run, load_run, save_run, write_json
 
@@ -242,6 +254,9 @@ def _finish(run_dir: Path, dataset, train_set, model, history, timings, opts: Tr
     metrics: dict[str, Any] = {}
     for split in ("val", "test"):
         images = dataset.splits.get(split)
+        if split in predictions:
+            metrics[split] = classification_metrics(*predictions[split], dataset.classes)
+            continue
         if images is None or not len(images):
             continue
         probs, ok, _failures = run.scores(images.samples, batch_size=opts.batch_size, progress=f"evaluate {split}" if progress else False)

@@ -1,0 +1,58 @@
+"""CIFAR-10 accuracy and wall time of transferkit's strategies, from JPEG files to test accuracy.
+
+    python benchmarks/train_cifar10.py linear-full linear-100 finetune-500
+
+Each configuration is one `transferkit.train` call on the CIFAR-10 JPEG folders (50,000
+train, 10,000 test), timed as a whole (extraction, training, evaluation). The feature cache
+is the benchmark's own (`.data/bench-cache`); the table says whether a run found its
+features already cached. The fine-tuning runs validate on 100 images per class to keep the
+per-epoch validation short; the test set is always the full 10,000.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import ROOT, cifar10_folder, command_line, record  # noqa: E402
+
+from transferkit.data import load_data  # noqa: E402
+from transferkit.train import train  # noqa: E402
+
+CONFIGS = {
+    "linear-100": {"strategy": "linear", "per_class": 100},
+    "linear-500": {"strategy": "linear", "per_class": 500},
+    "linear-full": {"strategy": "linear"},
+    "linear-500-128": {"strategy": "linear", "per_class": 500, "image_size": 128},
+    "finetune-500": {"strategy": "finetune", "per_class": 500, "image_size": 128, "epochs": 4, "lr": 3e-3, "augment": "light", "batch_size": 64},
+    "finetune-full-64": {"strategy": "finetune", "image_size": 64, "epochs": 2, "lr": 3e-3, "augment": "light", "batch_size": 64},
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("configs", nargs="+", choices=sorted(CONFIGS))
+    parser.add_argument("--model", default="efficientnet_lite0")
+    args = parser.parse_args()
+    dataset = load_data(str(cifar10_folder()))
+    dataset.splits["val"] = dataset.val.per_class(100, seed=0)
+    lines = ["| config | options | train images | test acc | wall s | features cached |", "|---|---|---|---|---|---|"]
+    for name in args.configs:
+        options = {"model": args.model, "cache_dir": str(ROOT / ".data" / "bench-cache"), **CONFIGS[name]}
+        with tempfile.TemporaryDirectory() as out:
+            started = time.perf_counter()
+            result = train(dataset, Path(out) / name, progress=False, **options)
+            seconds = time.perf_counter() - started
+        summary = result.metrics["summary"]
+        shown = ", ".join(f"{k}={v}" for k, v in CONFIGS[name].items())
+        lines.append(f"| {name} | {shown} | {summary['train_images']} | {summary['test_acc']:.2%} | {seconds:.0f} | {summary.get('features_cached', '-')} |")
+        print(lines[-1], flush=True)
+    record(f"CIFAR-10 training ({args.model})", command_line(), ["Test accuracy on the 10,000 CIFAR-10 test images; wall time of the whole train call.", "", *lines])
+
+
+if __name__ == "__main__":
+    main()
