@@ -22,4 +22,4 @@ demo: install
 	$(BIN)/transferkit demo
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "slow or not slow"  # everything, the slow tests included

@@ -40,17 +40,19 @@ class LayerFeatures(nn.Module):
 class TorchEngine:
     name = "torch"
 
-    def __init__(self, backbone: Backbone, layer: str):
+    def __init__(self, backbone: Backbone, layer: str, device: torch.device | str | None = None):
         self.channels_last = backbone.spec.source != "transferkit"  # faster for the library convnets
-        self.model = LayerFeatures(backbone.eval(), layer)
+        self.device = torch.device(device or "cpu")
+        self.model = LayerFeatures(backbone.eval(), layer).to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
 
     def __call__(self, images: torch.Tensor) -> np.ndarray:
+        images = images.to(self.device)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            return self.model(images).float().numpy()
+            return self.model(images).float().cpu().numpy()
 
 
 class OnnxEngine:
@@ -122,7 +124,7 @@ def resolve_engine(name: str, n_images: int | None = None) -> str:
     return name
 
 
-def make_engine(name: str, backbone: Backbone, layer: str, image_size: int, folder: Path):
-    if resolve_engine(name) == "onnxruntime":
+def make_engine(name: str, backbone: Backbone, layer: str, image_size: int, folder: Path, device=None):
+    if resolve_engine(name) == "onnxruntime" and (device is None or torch.device(device).type == "cpu"):
         return OnnxEngine(backbone, layer, image_size, folder)
-    return TorchEngine(backbone, layer)
+    return TorchEngine(backbone, layer, device)

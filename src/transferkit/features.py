@@ -9,6 +9,7 @@ is written last: no meta, not complete), checksummed, and read memory-mapped.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -29,6 +30,25 @@ from transferkit.loader import ImageSource, iterate_batches
 
 CACHE_VERSION = 1
 META = "meta.json"
+
+
+def launch(devices: int | str = 1, num_nodes: int = 1, accelerator: str = "auto"):
+    """A launched ``lightning.Fabric`` for DDP extraction, or None for one process.
+
+    Fabric re-runs the command for the other local processes, or joins the processes that
+    torchrun or SLURM started, as Lightning documents.
+    """
+    several = str(devices) not in ("1", "auto") or num_nodes > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if not several:
+        return None
+    import lightning as L
+
+    try:
+        fabric = L.Fabric(accelerator=accelerator, devices=int(devices) if str(devices).isdigit() else devices, num_nodes=num_nodes, strategy="ddp")
+    except (ValueError, RuntimeError) as err:
+        raise TransferkitError(f"cannot start DDP extraction with devices={devices} num_nodes={num_nodes}: {str(err).splitlines()[0]}") from None
+    fabric.launch()
+    return fabric
 
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -68,6 +88,7 @@ class CachedFeatures:
     hit: bool  # read from the cache rather than computed now
     seconds: float  # time spent computing (0 on a hit)
     failures: list[dict] = field(default_factory=list)  # {"index", "sample", "reason"}
+    rank: int = 0  # the DDP process that returned this (only rank 0 should report)
 
     @property
     def dim(self) -> int:
@@ -185,12 +206,14 @@ def extract_features(
     engine: str = "auto",
     progress: bool | str = False,
     description: dict | None = None,
+    fabric=None,
 ) -> CachedFeatures:
     """Features of ``samples`` at ``layer``, from the cache or computed (and cached) now.
 
     The work is cut into chunks of ``chunk_batches`` batches; chunk boundaries fall on batch
     boundaries, so a resumed run batches every image exactly as an uninterrupted one would
-    and gives bit-identical features.
+    and gives bit-identical features.  Under DDP (a launched ``lightning.Fabric``), process
+    ``r`` of ``w`` computes chunks ``r, r + w, ...`` into the same entry and rank 0 finalises.
     """
     if isinstance(backbone, str):
         backbone = build_backbone(backbone)
@@ -209,9 +232,15 @@ def extract_features(
     root = cache_root(cache_dir)
     path = root / key
     root.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(root / f"{key}.lock")):  # a second process waits, then finds the entry complete
+    rank, world = (fabric.global_rank, fabric.world_size) if fabric is not None else (0, 1)
+    # A second process waits for the lock, then finds the entry complete; DDP ranks 1.. follow rank 0 instead.
+    lock = FileLock(str(root / f"{key}.lock")) if rank == 0 else contextlib.nullcontext()
+    with lock:
         found = read_entry(path)
+        if fabric is not None:
+            fabric.barrier()  # every rank has looked before rank 0 can start writing
         if found is not None:
+            found.rank = rank
             return found
         started = time.perf_counter()
         partial = path / "partial"
@@ -219,16 +248,22 @@ def extract_features(
         chunk_size = batch_size * chunk_batches
         n_chunks = max(1, -(-len(samples) // chunk_size))
         done = {int(p.name[6:12]) for p in partial.glob("chunk-??????.npz")}
-        todo = [c for c in range(n_chunks) if c not in done]
+        todo = [c for c in range(n_chunks) if c not in done and c % world == rank]
         order = [i for c in todo for i in range(c * chunk_size, min((c + 1) * chunk_size, len(samples)))]
         if todo:
             from transferkit.engines import make_engine
 
             size = backbone.spec.check_image_size(image_size)
-            run = make_engine(engine, backbone, layer, size, root.parent / "engines")
+            device = fabric.device if fabric is not None else None
+            run = make_engine(engine, backbone, layer, size, root.parent / "engines", device=device)
             _compute_chunks(run, backbone.transform(image_size), samples, order, todo, chunk_size, partial, batch_size, num_workers, progress, len(done))
-        failures = _finalise(path, partial, n_chunks, labels, key_description, description or {})
+        if fabric is not None:
+            fabric.barrier()  # every shard is on disk
+        failures = _finalise(path, partial, n_chunks, labels, key_description, description or {}) if rank == 0 else []
+        if fabric is not None:
+            fabric.barrier()  # the entry is complete
         entry = read_entry(path, verify=False)
+        entry.rank = rank
     entry.hit = False
     entry.seconds = time.perf_counter() - started
     entry.failures = failures

@@ -68,6 +68,8 @@ class FitConfig:
     accelerator: str = "auto"
     precision: str = "32-true"
     num_workers: int | None = None  # None: min(2, CPUs) when there are several batches, else 0
+    num_nodes: int = 1  # machines, each running `devices` processes (Lightning's DDP)
+    distributed: str = "auto"  # Lightning's strategy: "auto" or "ddp" (gloo on CPUs, NCCL on GPUs)
 
 
 @dataclass
@@ -81,6 +83,7 @@ class FitResult:
     trainable_params: int  # at the end of training
     total_params: int
     failures: dict[str, list[tuple[int, str]]]  # per split: (position, reason) of images that could not be decoded
+    global_rank: int = 0  # under DDP every process returns; only rank 0 should write artifacts
 
 
 def train_transform(spec: BackboneSpec, image_size: int | None = None, augment: str = "light") -> v2.Compose:
@@ -183,7 +186,7 @@ class ImageClassifier(L.LightningModule):
             loss = F.cross_entropy(logits, labels)
         accuracy = self.train_acc if split == "train" else self.val_acc
         accuracy(logits, labels)
-        self.log(f"{split}_loss", loss, on_step=False, on_epoch=True, prog_bar=split == "val", batch_size=len(labels))
+        self.log(f"{split}_loss", loss, on_step=False, on_epoch=True, prog_bar=split == "val", batch_size=len(labels), sync_dist=True)
         self.log(f"{split}_acc", accuracy, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(labels))
         return loss
 
@@ -336,13 +339,17 @@ def _trainer(config: FitConfig, run_dir: Path, callbacks: list, progress: bool, 
     try:
         return L.Trainer(
             max_epochs=config.epochs, accelerator=config.accelerator, precision=config.precision,
-            devices=1 if config.devices == "auto" else config.devices, default_root_dir=run_dir,
+            devices=1 if config.devices == "auto" else config.devices, num_nodes=config.num_nodes,
+            strategy=config.distributed, default_root_dir=run_dir,
             logger=CSVLogger(run_dir, name="", version="logs"), callbacks=callbacks,
             enable_progress_bar=progress, enable_model_summary=False, enable_checkpointing=True,
             num_sanity_val_steps=0, log_every_n_steps=max(1, min(50, n_batches)),
         )  # fmt: skip
     except (MisconfigurationException, ValueError, ImportError, RuntimeError) as err:
-        raise TransferkitError(f"cannot train with accelerator={config.accelerator!r} devices={config.devices!r} precision={config.precision!r}: {err}") from None
+        raise TransferkitError(
+            f"cannot train with accelerator={config.accelerator!r} devices={config.devices!r} num_nodes={config.num_nodes} "
+            f"strategy={config.distributed!r} precision={config.precision!r}: {str(err).splitlines()[0]}"
+        ) from None
 
 
 def fit(
@@ -384,6 +391,10 @@ def fit(
     # last.ckpt has a callback of its own since Lightning 2.6's save_last refreshes it only when best.ckpt improves.
     best = ModelCheckpoint(checkpoints, "best", monitor="val_acc", mode="max", save_on_train_epoch_end=True, enable_version_counter=False)
     callbacks = [Freezer(config), best, ModelCheckpoint(checkpoints, "last", save_on_train_epoch_end=True, enable_version_counter=False)]
+    if progress:  # on stderr, so that stdout stays clean for --json
+        from lightning.pytorch.callbacks import RichProgressBar
+
+        callbacks.append(RichProgressBar(console_kwargs={"stderr": True}))
     if config.patience is not None:
         callbacks.append(EarlyStopping("val_acc", mode="max", patience=config.patience))
     banners = logging.getLogger("lightning.pytorch.utilities.rank_zero")  # "GPU available: ...", tips, notes
@@ -399,12 +410,13 @@ def fit(
         finally:
             banners.setLevel(level)
 
-    if old_log:  # the resumed run logged from where last.ckpt left off: the earlier rows go back in front
+    if old_log and trainer.is_global_zero:  # the resumed run logged from where last.ckpt left off: the earlier rows go back in front
         new_log = _read_csv(log_file) if log_file.is_file() else []
         first = min((int(row["epoch"]) for row in new_log), default=float("inf"))
         _write_csv(log_file, [row for row in old_log if int(row["epoch"]) < first] + new_log)
     history = model.history
-    _write_csv(run_dir / "metrics.csv", history)
+    if trainer.is_global_zero:
+        _write_csv(run_dir / "metrics.csv", history)
     best_epoch, best_acc = len(history), float("nan")
     if best.best_model_path:  # none when val accuracy was never a number
         state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)
@@ -416,4 +428,5 @@ def fit(
         trainable_params=sum(p.numel() for p in backbone.parameters() if p.requires_grad),
         total_params=sum(p.numel() for p in backbone.parameters()),
         failures={split: sorted(found.items()) for split, found in model.failures.items()},
+        global_rank=trainer.global_rank,
     )  # fmt: skip

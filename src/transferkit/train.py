@@ -55,6 +55,9 @@ class TrainOptions:
     cache_dir: str | None = None
     engine: str = "auto"
     devices: str = "auto"
+    num_nodes: int = 1
+    distributed: str = "auto"
+    precision: str = "32-true"
     num_workers: int | None = None
 
     def check(self) -> None:
@@ -80,6 +83,10 @@ class TrainOptions:
             raise TransferkitError(f"--unfreeze must be a number of layer groups or 'all', got {self.unfreeze!r}")
         if self.layer != "penultimate" and self.strategy in END_TO_END_STRATEGIES:
             raise TransferkitError(f"--layer applies to heads on features ({', '.join(FEATURE_STRATEGIES)}), not to {self.strategy}")
+
+
+class _NotRankZero(Exception):
+    """This process is not DDP's rank 0."""
 
 
 @dataclass
@@ -127,7 +134,10 @@ def train(data, out: str | Path | None = None, *, resume: bool = False, progress
     if opts.strategy in FEATURE_STRATEGIES:
         model, history, timings, predictions = _train_head(dataset, train_set, opts, progress)
     else:
-        model, history, timings = _train_end_to_end(dataset, train_set, opts, run_dir, resume, progress)
+        try:
+            model, history, timings = _train_end_to_end(dataset, train_set, opts, run_dir, resume, progress)
+        except _NotRankZero:  # DDP: rank 0 evaluates and writes the run; the other processes are done
+            return TrainResult(run_dir, {"summary": {}}, None)
         predictions = {}
     return _finish(run_dir, dataset, train_set, model, history, timings, predictions, opts, progress)
 
@@ -227,13 +237,16 @@ def _train_end_to_end(dataset, train_set, opts: TrainOptions, run_dir: Path, res
         dropout=opts.dropout, label_smoothing=opts.label_smoothing, augment=opts.augment, patience=opts.patience,
         unfreeze=opts.unfreeze if opts.unfreeze == "all" else int(opts.unfreeze), backbone_lr_mult=opts.backbone_lr_mult,
         head_epochs=opts.head_epochs, gradual=opts.gradual, image_size=opts.image_size, balance=opts.balance, seed=opts.seed,
-        devices=opts.devices, num_workers=opts.num_workers,
+        devices=int(opts.devices) if str(opts.devices).isdigit() else opts.devices, num_nodes=opts.num_nodes,
+        distributed=opts.distributed, precision=opts.precision, num_workers=opts.num_workers,
     )  # fmt: skip
     result = fit(
         backbone, (train_set.samples, train_set.labels), (dataset.val.samples, dataset.val.labels),
         len(dataset.classes), config, run_dir, resume=resume, progress=progress,
     )  # fmt: skip
     trained = result.model
+    if result.global_rank != 0:
+        raise _NotRankZero
     timings = {
         "extract_seconds": 0.0,
         "train_seconds": result.seconds,

@@ -29,33 +29,40 @@ def extract(
     strict: bool = typer.Option(False, "--strict", help="Fail if any image cannot be decoded."),
     seed: int = typer.Option(0, "--seed", help="Seed of the train/val split."),
     engine: str = ENGINE,
+    devices: str = typer.Option("1", "--devices", help="Processes (Lightning DDP); each extracts a shard of the same cache entry."),
+    num_nodes: int = typer.Option(1, "--num-nodes", min=1, help="Machines (launch as docs/scale-out.md says)."),
     chunk_batches: int = typer.Option(16, "--chunk-batches", min=1, hidden=True),
     as_json: bool = JSON,
 ) -> None:
     """Compute (or reuse) the bottleneck features of DATA, split by split."""
     from transferkit.backbones import build_backbone
     from transferkit.data import Dataset, load_data
-    from transferkit.features import extract_features
+    from transferkit.features import extract_features, launch
 
     dataset = load_data(data, trust_pickle=trust_pickle, seed=seed)
     if not isinstance(dataset, Dataset):
         raise TransferkitError(f"{data} already holds bottleneck features; train a head on it with `transferkit train`")
     backbone = build_backbone(model, pretrained=not no_pretrained, weights=str(weights) if weights else None, trust_pickle=trust_pickle)
+    fabric = launch(devices, num_nodes)
+    rank = fabric.global_rank if fabric is not None else 0
     rows = []
     for split, images in dataset.splits.items():
         result = extract_features(
             images.samples, images.labels, backbone, data_fingerprint=images.fingerprint(), layer=layer,
             image_size=image_size, batch_size=batch_size, num_workers=num_workers, cache_dir=cache_dir,
-            chunk_batches=chunk_batches, engine=engine, progress=f"extract {split}", description={"dataset": dataset.name, "split": split},
+            chunk_batches=chunk_batches, engine=engine, progress=f"extract {split}" if rank == 0 else False,
+            description={"dataset": dataset.name, "split": split}, fabric=fabric,
         )  # fmt: skip
         rows.append({"split": split, "images": len(images), "dim": result.dim, "cache": "hit" if result.hit else "computed",
                      "seconds": round(result.seconds, 2), "skipped": result.failures, "key": result.path.name})  # fmt: skip
-        if not as_json:
+        if not as_json and rank == 0:
             rate = f", {len(images) / result.seconds:.1f} img/s" if result.seconds else ""
             status = "cache hit" if result.hit else f"computed in {result.seconds:.1f}s{rate}"
             typer.echo(f"{split}: {len(images)} images x {result.dim} features ({status}) [{result.path.name}]")
         for failure in result.failures:
             typer.echo(f"skipped: {failure['reason']}", err=True)
+    if rank != 0:
+        return  # rank 0 reports for every DDP process
     skipped = sum(len(r["skipped"]) for r in rows)
     if as_json:
         print_json({"data": dataset.name, "model": model, "layer": layer, "splits": rows})

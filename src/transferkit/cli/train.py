@@ -36,7 +36,10 @@ def train(
     per_class: int = typer.Option(None, "--per-class", help="Train on N images per class."),
     seed: int = typer.Option(0, "--seed"),
     val_fraction: float = typer.Option(0.2, "--val-fraction", help="Share held out for validation where DATA has no val split."),
-    devices: str = typer.Option("auto", "--devices", help="Lightning devices (auto uses a GPU when there is one)."),
+    devices: str = typer.Option("auto", "--devices", help="Lightning devices: auto (one: a GPU when there is one) or a number."),
+    num_nodes: int = typer.Option(1, "--num-nodes", min=1, help="Machines (Lightning DDP; launch as docs/scale-out.md says)."),
+    distributed: str = typer.Option("auto", "--distributed", help="Lightning strategy: auto or ddp."),
+    precision: str = typer.Option("32-true", "--precision", help="32-true, 16-mixed or bf16-mixed."),
     num_workers: int = typer.Option(None, "--workers", min=0),
     resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --out."),
     engine: str = ENGINE,
@@ -54,10 +57,12 @@ def train(
         lr=lr, batch_size=batch_size, image_size=image_size, weight_decay=weight_decay, dropout=dropout,
         label_smoothing=label_smoothing, augment=augment, patience=patience, balance=balance, unfreeze=unfreeze,
         backbone_lr_mult=backbone_lr_mult, head_epochs=head_epochs, gradual=gradual, per_class=per_class, seed=seed,
-        val_fraction=val_fraction, engine=engine, devices=devices, num_workers=num_workers, cache_dir=str(cache_dir) if cache_dir else None,
+        val_fraction=val_fraction, engine=engine, devices=devices, num_nodes=num_nodes, distributed=distributed, precision=precision, num_workers=num_workers, cache_dir=str(cache_dir) if cache_dir else None,
         weights=str(weights) if weights else None, pretrained=not no_pretrained, trust_pickle=trust_pickle,
     )  # fmt: skip
     summary = result.metrics["summary"]
+    if not summary:  # a DDP process other than rank 0: rank 0 reports
+        return
     if as_json:
         print_json(summary)
         return
