@@ -10,6 +10,7 @@ is written last: no meta, not complete), checksummed, and read memory-mapped.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -146,6 +147,32 @@ def _write_chunk(partial: Path, index: int, features: np.ndarray, ok: np.ndarray
     os.replace(tmp, partial / f"chunk-{index:06d}.npz")
 
 
+@contextlib.contextmanager
+def _disk_errors(root: Path):
+    """A full or failing disk ends in one line; what was written stays resumable, never complete."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno == errno.ENOSPC:
+            raise TransferkitError(
+                f"no space left on the device holding the feature cache {root}: free space (`transferkit cache remove`) "
+                "or pass --cache-dir on a larger disk; the chunks written so far are kept and the next run resumes"
+            ) from None
+        raise
+
+
+def _chunk_readable(path: Path) -> bool:
+    """A chunk that cannot be read back as plain arrays (truncated, altered, a planted pickle)
+    is deleted, to be computed again."""
+    try:
+        with np.load(path, allow_pickle=False) as chunk:
+            chunk["features"], chunk["ok"], json.loads(str(chunk["failures"]))
+        return True
+    except Exception:
+        path.unlink(missing_ok=True)
+        return False
+
+
 def _finalise(path: Path, partial: Path, n_chunks: int, labels: np.ndarray, description: dict, extra: dict) -> list[dict]:
     """Stream the chunks into one .npy file; meta.json, written last, marks the entry complete.
 
@@ -247,7 +274,7 @@ def extract_features(
         partial.mkdir(parents=True, exist_ok=True)
         chunk_size = batch_size * chunk_batches
         n_chunks = max(1, -(-len(samples) // chunk_size))
-        done = {int(p.name[6:12]) for p in partial.glob("chunk-??????.npz")}
+        done = {int(p.name[6:12]) for p in partial.glob("chunk-??????.npz") if _chunk_readable(p)}
         todo = [c for c in range(n_chunks) if c not in done and c % world == rank]
         order = [i for c in todo for i in range(c * chunk_size, min((c + 1) * chunk_size, len(samples)))]
         if todo:
@@ -256,10 +283,12 @@ def extract_features(
             size = backbone.spec.check_image_size(image_size)
             device = fabric.device if fabric is not None else None
             run = make_engine(engine, backbone, layer, size, root.parent / "engines", device=device)
-            _compute_chunks(run, backbone.transform(image_size), samples, order, todo, chunk_size, partial, batch_size, num_workers, progress, len(done))
+            with _disk_errors(root):
+                _compute_chunks(run, backbone.transform(image_size), samples, order, todo, chunk_size, partial, batch_size, num_workers, progress, len(done))
         if fabric is not None:
             fabric.barrier()  # every shard is on disk
-        failures = _finalise(path, partial, n_chunks, labels, key_description, description or {}) if rank == 0 else []
+        with _disk_errors(root):
+            failures = _finalise(path, partial, n_chunks, labels, key_description, description or {}) if rank == 0 else []
         if fabric is not None:
             fabric.barrier()  # the entry is complete
         entry = read_entry(path, verify=False)
