@@ -51,4 +51,7 @@ def record(title: str, command: str, lines: list[str]) -> None:
 
 
 def command_line() -> str:
-    return "python " + " ".join([str(Path(sys.argv[0]).relative_to(ROOT)) if Path(sys.argv[0]).is_absolute() else sys.argv[0], *sys.argv[1:]])
+    import shlex
+
+    script = Path(sys.argv[0]).resolve().relative_to(ROOT)
+    return "python " + shlex.join([str(script), *sys.argv[1:]])

@@ -29,7 +29,7 @@ from transferkit.backbones import Backbone, build_backbone
 from transferkit.errors import TransferkitError
 from transferkit.loader import ImageSource, iterate_batches
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: smaller images resized without border cropping
 META = "meta.json"
 
 

@@ -48,7 +48,7 @@ def _pick_c(estimator, X, y, grid, cv_max_samples, seed):
 class LinearHead(ClassifierMixin, BaseEstimator):
     """Multinomial logistic regression on standardised features, C chosen by cross-validation."""
 
-    def __init__(self, C: float | None = None, c_grid=(1e-3, 1e-2, 1e-1, 1.0), max_iter: int = 1000, cv_max_samples: int = 5000, random_state: int = 0):
+    def __init__(self, C: float | None = None, c_grid=(1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 1.0), max_iter: int = 1000, cv_max_samples: int = 5000, random_state: int = 0):
         self.C = C
         self.c_grid = c_grid
         self.max_iter = max_iter
