@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from transferkit.advise import LARGE_PER_CLASS, advise, decide
 from transferkit.cli import app
 from transferkit.compare import Cell, compare, grid
+from transferkit.errors import TransferkitError
 from transferkit.train import train
 
 runner = CliRunner()
@@ -76,11 +77,18 @@ def test_strategy_auto_uses_the_advice(stripes, tmp_path, monkeypatch):
 
 
 def test_grid_applies_layers_to_heads_only():
-    cells = grid(["a", "b"], ["linear", "finetune"], ["penultimate", "stage2"])
+    cells = grid(["lenet", "resnet18"], ["linear", "finetune"], ["penultimate", "stage2"])
     assert [c.name for c in cells] == [
-        "a-linear-penultimate", "a-linear-stage2", "a-finetune-penultimate",
-        "b-linear-penultimate", "b-linear-stage2", "b-finetune-penultimate",
+        "lenet-linear-penultimate", "lenet-linear-stage2", "lenet-finetune-penultimate",
+        "resnet18-linear-penultimate", "resnet18-linear-stage2", "resnet18-finetune-penultimate",
     ]  # fmt: skip
+
+
+def test_grid_refuses_unknown_names_before_any_cell_runs():
+    with pytest.raises(TransferkitError, match=r"unknown model 'resnet51' \(did you mean resnet50\?\)"):
+        grid(["lenet", "resnet51"], ["linear"])
+    with pytest.raises(TransferkitError, match="unknown strategy 'magic'"):
+        grid(["lenet"], ["linear", "magic"])
 
 
 def test_compare_resumes_and_records_failed_cells(stripes, tmp_path):

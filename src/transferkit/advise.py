@@ -115,15 +115,18 @@ def advise(
     cache_dir=None,
     seed: int = 0,
     progress: bool = True,
+    trust_pickle: bool = False,
+    allow_outside_root: bool = False,
 ) -> Advice:
     """Measure ``data`` (a DATA string or Dataset) and recommend a strategy, layer and size.
 
-    ``image_sizes`` are the input sizes tried (default 64, 128 and the backbone's own).
+    ``image_sizes`` are the input sizes tried (default 64, 128 and the backbone's own);
+    ``trust_pickle`` and ``allow_outside_root`` are as in :func:`transferkit.data.load_data`.
     """
     from transferkit.data import Dataset, load_data
     from transferkit.features import extract_features
 
-    dataset = data if isinstance(data, Dataset) else load_data(str(data), seed=seed)
+    dataset = data if isinstance(data, Dataset) else load_data(str(data), seed=seed, trust_pickle=trust_pickle, allow_outside_root=allow_outside_root)
     if not isinstance(dataset, Dataset):
         raise TransferkitError(f"{data} holds precomputed features: advice needs images")
     train = dataset.train

@@ -33,7 +33,12 @@ class Cell:
 
 
 def grid(models: Sequence[str], strategies: Sequence[str], layers: Sequence[str] = ("penultimate",)) -> list[Cell]:
-    """Every combination; layers apply to the heads on features only."""
+    """Every combination; layers apply to the heads on features only.  Unknown model or
+    strategy names are refused here, before any cell runs."""
+    from transferkit.backbones import get_spec
+
+    for model in models:
+        get_spec(model)  # raises "unknown model ... (did you mean ...)"
     for strategy in strategies:
         if strategy not in STRATEGIES or strategy == "auto":
             raise TransferkitError(f"unknown strategy {strategy!r}: use {', '.join(FEATURE_STRATEGIES + END_TO_END_STRATEGIES)}")
@@ -52,7 +57,10 @@ def compare(data, cells: Sequence[Cell], out: str | Path, *, progress: bool = Tr
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    dataset = data if isinstance(data, Dataset) else load_data(str(data), trust_pickle=options.get("trust_pickle", False), seed=options.get("seed", 0))
+    dataset = data if isinstance(data, Dataset) else load_data(
+        str(data), trust_pickle=options.get("trust_pickle", False), seed=options.get("seed", 0),
+        allow_outside_root=options.get("allow_outside_root", False),
+    )
     rows = []
     for i, cell in enumerate(cells, 1):
         cell_dir = out / cell.name

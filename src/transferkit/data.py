@@ -71,7 +71,7 @@ class LabelledImages:
                     size, mtime = stat.st_size, stat.st_mtime_ns
                 except OSError:  # a missing file is the loader's to report; it still changes the print
                     size = mtime = -1
-                h.update(f"{name}\0{size}\0{mtime}\n".encode())
+                h.update(f"{name}\0{size}\0{mtime}\n".encode("utf-8", "surrogateescape"))  # names need not be UTF-8
             else:
                 array = np.ascontiguousarray(np.asarray(sample))
                 h.update(repr((array.shape, array.dtype.str)).encode() + array.tobytes())
@@ -135,15 +135,17 @@ def load_data(spec: str, *, trust_pickle: bool = False, val_fraction: float = 0.
     kind, arg = parse_data_spec(spec)
     try:
         if kind in ("cifar10", "gtsrb"):
-            root = Path(arg or data_root or os.environ.get("TRANSFERKIT_DATA") or _default_root()).expanduser()
+            root = _expand(arg or data_root or os.environ.get("TRANSFERKIT_DATA") or _default_root())
             return (_cifar10 if kind == "cifar10" else _gtsrb)(root, val_fraction, seed)
         if kind == "digits":
             return _digits(val_fraction, seed)
-        path = Path(arg).expanduser().absolute()
+        path = _expand(arg).absolute()
         if not path.exists():
             raise TransferkitError(f"{path} does not exist; check the path")
         if kind == "folder":
             return _folder(path, val_fraction, seed)
+        if path.is_dir():
+            raise TransferkitError(f"{path} is a folder, not a {'CSV' if kind == 'csv' else 'pickle'} file: expected {FORMS}")
         if kind == "csv":
             return _csv(path, val_fraction, seed, allow_outside_root)
         return _pickle(path, trust_pickle, val_fraction, seed)
@@ -151,6 +153,14 @@ def load_data(spec: str, *, trust_pickle: bool = False, val_fraction: float = 0.
         raise TransferkitError(f"{err.filename or spec}: permission denied; make it readable and try again") from None
     except OSError as err:
         raise TransferkitError(f"{err.filename or spec}: cannot be read ({err.strerror or err})") from None
+
+
+def _expand(path: str) -> Path:
+    """``path`` with ``~`` / ``~user`` expanded; an unknown user is a TransferkitError."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:  # pathlib: "Could not determine home directory"
+        raise TransferkitError(f"{path}: cannot expand {path.split('/')[0]!r} (no such user, or no home directory)") from None
 
 
 def split_train_val(images: LabelledImages, val_fraction: float, seed: int) -> tuple[LabelledImages, LabelledImages]:

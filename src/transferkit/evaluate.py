@@ -9,12 +9,16 @@ from transferkit.report import classification_metrics
 from transferkit.runs import load_run
 
 
-def evaluate_run(run_dir, data, *, split: str | None = None, trust_pickle: bool = False, batch_size: int = 32) -> dict:
-    """Accuracy, per-class precision/recall and confusion matrix of ``run_dir`` on ``data``."""
+def evaluate_run(run_dir, data, *, split: str | None = None, trust_pickle: bool = False, batch_size: int = 32,
+                 allow_outside_root: bool = False) -> dict:  # fmt: skip
+    """Accuracy, per-class precision/recall and confusion matrix of ``run_dir`` on ``data``.
+
+    ``allow_outside_root``: a CSV ``data`` may name images outside its own folder.
+    """
     from transferkit.data import Dataset, load_data
 
     run = load_run(run_dir)
-    dataset = data if isinstance(data, Dataset) else load_data(str(data), trust_pickle=trust_pickle)
+    dataset = data if isinstance(data, Dataset) else load_data(str(data), trust_pickle=trust_pickle, allow_outside_root=allow_outside_root)
     if not isinstance(dataset, Dataset):
         raise TransferkitError(f"{data} holds features, not images; a run evaluates images")
     split = split or ("test" if dataset.splits.get("test") is not None else "all")

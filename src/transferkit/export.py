@@ -26,6 +26,10 @@ def export_run(run_dir, format: str = "onnx", out: str | Path | None = None, *, 
     run = load_run(run_dir)
     model = run.model.eval()
     path = Path(out) if out else Path(run_dir) / FORMATS[format]
+    if path.is_dir():
+        raise TransferkitError(f"--out {path} is a folder: name the file to write, e.g. {path / FORMATS[format]}")
+    if not path.parent.is_dir():
+        raise TransferkitError(f"the folder of --out {path} does not exist; create it or choose another --out")
     size = run.image_size
     example = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     check = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(1))  # another batch size

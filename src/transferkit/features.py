@@ -28,6 +28,7 @@ from filelock import FileLock
 from transferkit.backbones import Backbone, build_backbone
 from transferkit.errors import TransferkitError
 from transferkit.loader import ImageSource, iterate_batches
+from transferkit.weights import sha256_file
 
 CACHE_VERSION = 2  # 2: smaller images resized without border cropping
 META = "meta.json"
@@ -100,14 +101,6 @@ class CachedFeatures:
         return np.asarray(self.features[self.ok]), self.labels[self.ok]
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
@@ -126,7 +119,7 @@ def read_entry(path: Path, verify: bool = True) -> CachedFeatures | None:
         meta = json.loads(meta_path.read_text())
         if verify:
             for name, digest in meta["sha256"].items():
-                if _sha256(path / name) != digest:
+                if sha256_file(path / name) != digest:
                     raise ValueError(f"{name} does not match its checksum")
         features = np.load(path / "features.npy", mmap_mode="r")
         labels = np.load(path / "labels.npy")
@@ -211,7 +204,7 @@ def _finalise(path: Path, partial: Path, n_chunks: int, labels: np.ndarray, desc
         "dim": int(dim),
         "failures": failures,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "sha256": {"features.npy": digest.hexdigest(), **{name: _sha256(path / name) for name in ("labels.npy", "ok.npy")}},
+        "sha256": {"features.npy": digest.hexdigest(), **{name: sha256_file(path / name) for name in ("labels.npy", "ok.npy")}},
     }
     _atomic_write_bytes(path / META, json.dumps(meta, indent=1).encode())
     shutil.rmtree(partial, ignore_errors=True)

@@ -7,6 +7,8 @@ converted; files over the pixel limit are refused before decoding (decompression
 from __future__ import annotations
 
 import os
+import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +21,25 @@ DEFAULT_MAX_PIXELS = 64_000_000  # 8000 x 8000; TRANSFERKIT_MAX_PIXELS overrides
 
 
 def max_pixels() -> int:
-    return int(os.environ.get("TRANSFERKIT_MAX_PIXELS", DEFAULT_MAX_PIXELS))
+    """The decompression-bomb guard's limit: $TRANSFERKIT_MAX_PIXELS, else 64 million pixels."""
+    value = os.environ.get("TRANSFERKIT_MAX_PIXELS", "").strip()
+    if not value:
+        return DEFAULT_MAX_PIXELS
+    try:
+        limit = int(value.replace("_", ""))
+    except ValueError:
+        limit = 0
+    if limit < 1:
+        raise ImageError(f"TRANSFERKIT_MAX_PIXELS={value!r} is not a positive whole number of pixels; fix or unset it")
+    return limit
+
+
+def _bomb(path: Path, pixels: int | str, limit: int) -> ImageError:
+    pixels = f"{pixels:,} px" if isinstance(pixels, int) else pixels
+    return ImageError(
+        f"{path}: {pixels} is over the {limit:,} px limit (decompression-bomb guard); "
+        "downscale it or raise TRANSFERKIT_MAX_PIXELS"
+    )
 
 
 def is_image_file(path: Path) -> bool:
@@ -47,34 +67,47 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:
-    """Decode ``path`` into an upright RGB image, or raise ImageError with the reason."""
+    """Decode ``path`` into an upright RGB image, or raise ImageError with the reason.
+
+    The size in the file's header is checked against the pixel limit before any pixel is
+    decoded; whatever else goes wrong decoding a damaged file is an ImageError too.
+    """
     path = Path(path)
     if not path.exists():
         raise ImageError(f"{path}: no such file")
     if path.is_dir():
         raise ImageError(f"{path}: is a directory with no image files, expected an image file")
+    limit = max_pixels()
+    # Pillow's own guard (a warning above Image.MAX_IMAGE_PIXELS, an error above twice that)
+    # must not refuse what TRANSFERKIT_MAX_PIXELS allows; ours below is the one that decides.
+    if Image.MAX_IMAGE_PIXELS is not None and limit > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = limit
     try:
         if path.stat().st_size == 0:
             raise ImageError(f"{path}: empty file (0 bytes)")
-        with Image.open(path) as image:
-            width, height = image.size
-            if width * height > max_pixels():
-                raise ImageError(
-                    f"{path}: {width}x{height} px is over the {max_pixels():,} px limit (decompression-bomb guard); "
-                    "downscale it or raise TRANSFERKIT_MAX_PIXELS"
-                )
-            image.load()
-            return to_rgb(ImageOps.exif_transpose(image))
+        with warnings.catch_warnings():
+            # Pillow warns about damaged metadata (EXIF, ICC) it skips; the image itself decides.
+            warnings.simplefilter("ignore")
+            with Image.open(path) as image:
+                width, height = image.size
+                if width * height > limit:
+                    raise _bomb(path, f"{width}x{height} px", limit)
+                image.load()
+                return to_rgb(ImageOps.exif_transpose(image))
     except ImageError:
         raise
+    except Image.DecompressionBombError as err:  # refused by Pillow while reading the header
+        found = re.search(r"\((\d+) pixels\)", str(err))
+        raise _bomb(path, int(found.group(1)) if found else "too many pixels", limit) from None
     except UnidentifiedImageError:
         raise ImageError(f"{path}: not an image file that can be read") from None
-    except Image.DecompressionBombError:
-        raise ImageError(f"{path}: refused as a decompression bomb (too many pixels)") from None
     except PermissionError:
         raise ImageError(f"{path}: permission denied") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as err:
-        raise ImageError(f"{path}: corrupt or truncated image ({err})") from None
+    except MemoryError:
+        raise ImageError(f"{path}: too large to decode in the memory available") from None
+    except Exception as err:  # a damaged file can make a decoder raise almost anything
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ImageError(f"{path}: corrupt or truncated image ({reason})") from None
 
 
 def list_images(folder: Path) -> list[Path]:

@@ -111,7 +111,7 @@ class Run:
 def save_run(run_dir: Path, model: TrainedModel, *, classes: list[str], image_size: int, head_kind: str, extra: dict | None = None) -> dict:
     """Write the model and its description; returns the description."""
     from transferkit import __version__
-    from transferkit.weights import save_state_dict
+    from transferkit.weights import save_state_dict, sha256_file
 
     run_dir.mkdir(parents=True, exist_ok=True)
     spec = model.backbone.spec
@@ -131,6 +131,7 @@ def save_run(run_dir: Path, model: TrainedModel, *, classes: list[str], image_si
     }
     state = {k: v for k, v in model.state_dict().items()}
     save_state_dict(state, run_dir / (MODEL_FILE + ".tmp"))
+    meta["model_sha256"] = sha256_file(run_dir / (MODEL_FILE + ".tmp"))  # load_run refuses an altered file
     os.replace(run_dir / (MODEL_FILE + ".tmp"), run_dir / MODEL_FILE)
     write_json(run_dir / MODEL_META, meta)
     return meta
@@ -155,7 +156,7 @@ def _jsonable(value: Any) -> Any:
 
 def load_run(run_dir: str | os.PathLike) -> Run:
     """Rebuild a trained classifier from its run folder (no pickle, no network)."""
-    from transferkit.weights import read_state_dict
+    from transferkit.weights import read_state_dict, sha256_file
 
     run_dir = Path(run_dir)
     meta_path = run_dir / MODEL_META
@@ -170,9 +171,27 @@ def load_run(run_dir: str | os.PathLike) -> Run:
             f"{run_dir} was written by transferkit {meta.get('transferkit_version', '?')} in run format "
             f"{meta.get('format_version')}; this version reads format {FORMAT_VERSION}"
         )
+    if meta.get("model_sha256") and sha256_file(run_dir / MODEL_FILE) != meta["model_sha256"]:
+        raise TransferkitError(
+            f"{run_dir / MODEL_FILE} was altered or truncated after training (its sha256 differs from the one in "
+            f"{MODEL_META}); restore it from a backup or train again"
+        )
     backbone = build_backbone(meta["backbone"], pretrained=False, seed=None)
     model = TrainedModel(backbone, build_head(meta["head"]), meta["layer"])
     state = read_state_dict(run_dir / MODEL_FILE)
+    own = model.state_dict()
+    problems = [
+        f"{len(keys)} {what} (e.g. {keys[0]})"
+        for what, keys in (
+            ("missing", [k for k in own if k not in state]),
+            ("unexpected", [k for k in state if k not in own]),
+            ("mismatched", [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in state and state[k].shape != own[k].shape]),
+        )
+        if keys
+    ]
+    if problems:
+        raise TransferkitError(f"{run_dir / MODEL_FILE} does not fit the {meta['backbone']} model {MODEL_META} describes: "
+                               + "; ".join(problems) + "; the run folder is damaged or mixed up")  # fmt: skip
     try:
         model.load_state_dict(state)
     except RuntimeError as err:

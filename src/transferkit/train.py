@@ -52,6 +52,7 @@ class TrainOptions:
     pretrained: bool = True
     weights: str | None = None
     trust_pickle: bool = False
+    allow_outside_root: bool = False
     cache_dir: str | None = None
     engine: str = "auto"
     devices: str = "auto"
@@ -112,7 +113,12 @@ def train(data, out: str | Path | None = None, *, resume: bool = False, progress
     if resume and out is not None and (Path(out) / "config.json").is_file():
         opts = _resumed_options(Path(out), opts)
     opts.check()
-    dataset = data if isinstance(data, Dataset) else load_data(str(data), trust_pickle=opts.trust_pickle, val_fraction=opts.val_fraction, seed=opts.seed)
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise TransferkitError(f"--out {out} is a file: a run is a folder; choose another --out")
+    dataset = data if isinstance(data, Dataset) else load_data(
+        str(data), trust_pickle=opts.trust_pickle, val_fraction=opts.val_fraction, seed=opts.seed,
+        allow_outside_root=opts.allow_outside_root,
+    )
     if not isinstance(dataset, Dataset):
         return _train_on_bottleneck_features(dataset, opts, out)
     if opts.strategy == "auto":

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
+import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -30,16 +33,21 @@ def offline() -> bool:
 _DIGESTS: dict[tuple[str, int, int], str] = {}
 
 
+def sha256_file(path: str | os.PathLike) -> str:
+    """The sha256 of a file's bytes, as hex."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def file_digest(path: str | os.PathLike) -> str:
     """sha256 of a file (first 16 hex digits), memoised on path, size and mtime."""
     stat = os.stat(path)
     key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
     if key not in _DIGESTS:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        _DIGESTS[key] = h.hexdigest()[:16]
+        _DIGESTS[key] = sha256_file(path)[:16]
     return _DIGESTS[key]
 
 
@@ -56,7 +64,16 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         except Exception as err:  # safetensors raises its own error types
             raise TransferkitError(f"{path} is not a valid safetensors file ({err})") from None
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # "Detected pickle protocol N": the error below says what matters
+            warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:  # refused by the weights-only unpickler: never retried unsafely
+        found = re.search(r"WeightsUnpickler error:\s*(.+?)(?: was not an allowed global|\n\n|$)", str(err), re.S)
+        detail = f" ({' '.join(found.group(1).split())})" if found else ""
+        raise TransferkitError(
+            f"{path} is not a plain tensor checkpoint: it holds pickled objects{detail}, and transferkit does not "
+            "unpickle them since that can run code; save the weights with safetensors or torch.save(model.state_dict())"
+        ) from None
     except Exception as err:
         raise TransferkitError(
             f"{path} is not a plain tensor checkpoint (loading it safely failed: {str(err).splitlines()[0]}); "
@@ -165,7 +182,8 @@ def _download(spec: BackboneSpec) -> tuple[dict[str, torch.Tensor], str]:
         import torchvision.models as tvm
 
         url = tvm.get_weight(spec.weights).url
-        return torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=True, check_hash=True), url
+        # weights_only: torch.hub's default would unpickle whatever the download holds
+        return torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=True, check_hash=True, weights_only=True), url
     from huggingface_hub import hf_hub_download
     from safetensors.torch import load_file
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from transferkit.cli._app import JSON, MODEL, command, print_json
+from transferkit.cli._app import ALLOW_OUTSIDE_ROOT, JSON, MODEL, TRUST_PICKLE, command, print_json
 from transferkit.cli.extract import CACHE_DIR
 
 
@@ -15,12 +15,17 @@ def advise(
     sample_per_class: int = typer.Option(50, "--sample-per-class", min=2, help="Images per class measured."),
     cache_dir: str = CACHE_DIR,
     seed: int = typer.Option(0, "--seed"),
+    trust_pickle: bool = TRUST_PICKLE,
+    allow_outside_root: bool = ALLOW_OUTSIDE_ROOT,
     as_json: bool = JSON,
 ) -> None:
     """Measure DATA and recommend a strategy, layer, image size and regularisation."""
     from transferkit.advise import advise as run_advise
 
-    advice = run_advise(data, model=model, sample_per_class=sample_per_class, cache_dir=cache_dir, seed=seed, progress=not as_json)
+    advice = run_advise(
+        data, model=model, sample_per_class=sample_per_class, cache_dir=cache_dir, seed=seed, progress=not as_json,
+        trust_pickle=trust_pickle, allow_outside_root=allow_outside_root,
+    )
     if as_json:
         print_json(advice.to_dict())
         return

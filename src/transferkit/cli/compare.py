@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from transferkit.cli._app import JSON, TRUST_PICKLE, command, print_json
+from transferkit.cli._app import ALLOW_OUTSIDE_ROOT, JSON, TRUST_PICKLE, command, print_json
 from transferkit.cli.extract import CACHE_DIR
 
 
@@ -28,6 +28,7 @@ def compare(
     seed: int = typer.Option(0, "--seed"),
     cache_dir: Path = CACHE_DIR,
     trust_pickle: bool = TRUST_PICKLE,
+    allow_outside_root: bool = ALLOW_OUTSIDE_ROOT,
     as_json: bool = JSON,
 ) -> None:
     """Run every model x strategy combination, reusing cached features; resumable."""
@@ -38,7 +39,7 @@ def compare(
     rows = run_compare(
         data, cells, out, echo=(lambda *_: None) if as_json else typer.echo, per_class=per_class, epochs=epochs,
         image_size=image_size, batch_size=batch_size, seed=seed, cache_dir=str(cache_dir) if cache_dir else None,
-        trust_pickle=trust_pickle,
+        trust_pickle=trust_pickle, allow_outside_root=allow_outside_root,
     )  # fmt: skip
     if as_json:
         print_json(rows)

@@ -6,12 +6,14 @@ from pathlib import Path
 
 import typer
 
-from transferkit.cli._app import JSON, MODEL, NO_PRETRAINED, TRUST_PICKLE, WEIGHTS, command, print_json
+from transferkit.cli._app import ALLOW_OUTSIDE_ROOT, JSON, MODEL, NO_PRETRAINED, TRUST_PICKLE, WEIGHTS, command, one_line, print_json
 from transferkit.errors import TransferkitError
 
 LAYER = typer.Option("penultimate", "--layer", help="penultimate, or stageN for pooled features of an earlier stage.")
 ENGINE = typer.Option("auto", "--engine", help="auto | torch | onnxruntime (auto: ONNX Runtime where installed, on CPU).")
-CACHE_DIR = typer.Option(None, "--cache-dir", help="Feature cache folder (default: $TRANSFERKIT_CACHE or the user cache).")
+CACHE_DIR = typer.Option(
+    None, "--cache-dir", file_okay=False, help="Feature cache folder (default: $TRANSFERKIT_CACHE or the user cache)."
+)
 
 
 @command("extract")
@@ -26,6 +28,7 @@ def extract(
     weights: Path = WEIGHTS,
     no_pretrained: bool = NO_PRETRAINED,
     trust_pickle: bool = TRUST_PICKLE,
+    allow_outside_root: bool = ALLOW_OUTSIDE_ROOT,
     strict: bool = typer.Option(False, "--strict", help="Fail if any image cannot be decoded."),
     seed: int = typer.Option(0, "--seed", help="Seed of the train/val split."),
     engine: str = ENGINE,
@@ -39,7 +42,7 @@ def extract(
     from transferkit.data import Dataset, load_data
     from transferkit.features import extract_features, launch
 
-    dataset = load_data(data, trust_pickle=trust_pickle, seed=seed)
+    dataset = load_data(data, trust_pickle=trust_pickle, seed=seed, allow_outside_root=allow_outside_root)
     if not isinstance(dataset, Dataset):
         raise TransferkitError(f"{data} already holds bottleneck features; train a head on it with `transferkit train`")
     backbone = build_backbone(model, pretrained=not no_pretrained, weights=str(weights) if weights else None, trust_pickle=trust_pickle)
@@ -60,13 +63,13 @@ def extract(
             status = "cache hit" if result.hit else f"computed in {result.seconds:.1f}s{rate}"
             typer.echo(f"{split}: {len(images)} images x {result.dim} features ({status}) [{result.path.name}]")
         for failure in result.failures:
-            typer.echo(f"skipped: {failure['reason']}", err=True)
+            typer.echo(f"skipped: {one_line(failure['reason'])}", err=True)
     if rank != 0:
         return  # rank 0 reports for every DDP process
     skipped = sum(len(r["skipped"]) for r in rows)
     if as_json:
         print_json({"data": dataset.name, "model": model, "layer": layer, "splits": rows})
+    if skipped and strict:
+        raise TransferkitError(f"{skipped} image{'s' if skipped != 1 else ''} could not be decoded (listed above) and --strict is set; fix or remove them")
     if skipped:
         typer.echo(f"{skipped} images could not be decoded and were skipped (listed above)", err=True)
-        if strict:
-            raise typer.Exit(1)

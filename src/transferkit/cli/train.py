@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from transferkit.cli._app import JSON, MODEL, NO_PRETRAINED, TRUST_PICKLE, WEIGHTS, command, print_json
+from transferkit.cli._app import ALLOW_OUTSIDE_ROOT, JSON, MODEL, NO_PRETRAINED, TRUST_PICKLE, WEIGHTS, command, print_json
 from transferkit.cli.extract import CACHE_DIR, ENGINE, LAYER
 from transferkit.train import STRATEGIES
 
@@ -47,6 +47,7 @@ def train(
     weights: Path = WEIGHTS,
     no_pretrained: bool = NO_PRETRAINED,
     trust_pickle: bool = TRUST_PICKLE,
+    allow_outside_root: bool = ALLOW_OUTSIDE_ROOT,
     as_json: bool = JSON,
 ) -> None:
     """Train a classifier on DATA with a pretrained backbone and the chosen strategy."""
@@ -59,6 +60,7 @@ def train(
         backbone_lr_mult=backbone_lr_mult, head_epochs=head_epochs, gradual=gradual, per_class=per_class, seed=seed,
         val_fraction=val_fraction, engine=engine, devices=devices, num_nodes=num_nodes, distributed=distributed, precision=precision, num_workers=num_workers, cache_dir=str(cache_dir) if cache_dir else None,
         weights=str(weights) if weights else None, pretrained=not no_pretrained, trust_pickle=trust_pickle,
+        allow_outside_root=allow_outside_root,
     )  # fmt: skip
     summary = result.metrics["summary"]
     if not summary:  # a DDP process other than rank 0: rank 0 reports
@@ -78,13 +80,16 @@ def evaluate(
     data: str = typer.Argument(..., help="Labelled images with the run's class names."),
     split: str = typer.Option(None, "--split", help="train | val | test | all (default: test if DATA has one, else all)."),
     trust_pickle: bool = TRUST_PICKLE,
+    allow_outside_root: bool = ALLOW_OUTSIDE_ROOT,
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     as_json: bool = JSON,
 ) -> None:
     """Accuracy and per-class precision/recall of a trained run on labelled DATA."""
     from transferkit.evaluate import evaluate_run
 
-    metrics = evaluate_run(run, data, split=split, trust_pickle=trust_pickle, batch_size=batch_size)
+    metrics = evaluate_run(
+        run, data, split=split, trust_pickle=trust_pickle, batch_size=batch_size, allow_outside_root=allow_outside_root
+    )
     if as_json:
         print_json(metrics)
         return
