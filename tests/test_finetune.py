@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 import signal
 import subprocess
 import sys
@@ -119,7 +120,7 @@ def test_finetune_last_group_only(tmp_path):
     for frozen in ("conv1.", "bn1.", "layer1.", "layer2.", "layer3."):
         assert not any(changed(before, after, frozen).values()), frozen
     groups = checkpoint["optimizer_states"][0]["param_groups"]
-    assert [g["lr"] for g in groups] == [pytest.approx(1e-2), pytest.approx(1e-3)]
+    assert [g["peak_lr"] for g in groups] == [pytest.approx(1e-2), pytest.approx(1e-3)]
     assert len(groups[1]["params"]) == len(list(result.model.body.layer4.parameters()))
     assert result.trainable_params == sum(p.numel() for p in result.model.body.layer4.parameters()) + 512 * 3 + 3
 
@@ -139,7 +140,7 @@ def test_gradual_unfreezing_adds_groups_over_epochs(tmp_path):
     after = body_after(checkpoint)  # lenet groups: features.0 | features.3 | classifier.0, classifier.2
     assert not any(changed(before, after, "features.0.").values())
     assert all(changed(before, after, "features.3.").values()) and all(changed(before, after, "classifier.").values())
-    assert [g["lr"] for g in checkpoint["optimizer_states"][0]["param_groups"]] == pytest.approx([1e-2, 1e-3, 1e-3])
+    assert [g["peak_lr"] for g in checkpoint["optimizer_states"][0]["param_groups"]] == pytest.approx([1e-2, 1e-3, 1e-3])
     assert next(v for k, v in checkpoint["callbacks"].items() if k == "Freezer")["unfrozen"] == 2
 
 
@@ -149,7 +150,16 @@ def test_scratch_trains_everything(tmp_path):
     assert all(changed(before, body_after(last_checkpoint(tmp_path)), "").values())
     assert result.trainable_params == result.total_params
     groups = last_checkpoint(tmp_path)["optimizer_states"][0]["param_groups"]
-    assert [g["lr"] for g in groups] == pytest.approx([5e-3, 5e-3])
+    assert [g["peak_lr"] for g in groups] == pytest.approx([5e-3, 5e-3])
+
+
+def test_learning_rates_follow_a_cosine_over_the_epochs(tmp_path):
+    result, _ = run(tmp_path, strategy="finetune", epochs=4, head_epochs=1, lr=1e-2, backbone_lr_mult=0.1)
+    factors = [0.5 * (1 + math.cos(math.pi * epoch / 4)) for epoch in range(4)]
+    assert [row["lr"] for row in result.history] == pytest.approx([1e-2 * f for f in factors])
+    groups = last_checkpoint(tmp_path)["optimizer_states"][0]["param_groups"]
+    assert [g["peak_lr"] for g in groups] == pytest.approx([1e-2, 1e-3, 1e-3, 1e-3])  # head, then lenet's 3 groups
+    assert [g["lr"] for g in groups] == pytest.approx([g["peak_lr"] * factors[-1] for g in groups])  # the backbone too
 
 
 @pytest.mark.parametrize("balance", ["weights", "sampler"])

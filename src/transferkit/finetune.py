@@ -10,6 +10,7 @@ them.  Checkpoints carry the history and the RNG state: a resumed run continues 
 from __future__ import annotations
 
 import csv
+import math
 import logging
 import os
 import shutil
@@ -151,7 +152,8 @@ def phase(config: FitConfig, epoch: int) -> str:
 
 
 class ImageClassifier(L.LightningModule):
-    """A Backbone with cross-entropy, accuracy and AdamW; :class:`Freezer` decides what trains."""
+    """A Backbone with cross-entropy, accuracy and AdamW on a cosine schedule; :class:`Freezer`
+    decides what trains."""
 
     def __init__(self, backbone: Backbone, config: FitConfig, class_weights: torch.Tensor | None = None):
         super().__init__()
@@ -195,6 +197,14 @@ class ImageClassifier(L.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         self._step(batch, "val")
+
+    def on_train_epoch_start(self) -> None:
+        # Cosine decay of every group's learning rate over the epochs, set per epoch from the epoch
+        # number alone: a resumed run and a group unfrozen mid-training (by Freezer, whose hook runs
+        # first) follow the schedule of an uninterrupted run.  Each group keeps its peak in "peak_lr".
+        factor = 0.5 * (1 + math.cos(math.pi * self.current_epoch / self.config.epochs))
+        for group in self.trainer.optimizers[0].param_groups:
+            group["lr"] = group.setdefault("peak_lr", group["lr"]) * factor
 
     def on_train_epoch_end(self) -> None:
         # After validation and before the checkpoints are saved: each checkpoint holds its epoch's row.
