@@ -1,6 +1,6 @@
 """CIFAR-10 accuracy and wall time of transferkit's strategies, from JPEG files to test accuracy.
 
-    python benchmarks/train_cifar10.py linear-full linear-100 finetune-500
+    python benchmarks/train_cifar10.py linear-100-flip linear-500-flip finetune-500 linear-full-flip
 
 Each configuration is one `transferkit.train` call on the CIFAR-10 JPEG folders (50,000
 train, 10,000 test), timed as a whole (extraction, training, evaluation). The feature cache
@@ -27,10 +27,13 @@ from transferkit.train import train  # noqa: E402
 
 CONFIGS = {
     "linear-100": {"strategy": "linear", "per_class": 100},
+    "linear-100-flip": {"strategy": "linear", "per_class": 100, "flip_tta": True},
     "linear-500": {"strategy": "linear", "per_class": 500},
+    "linear-500-flip": {"strategy": "linear", "per_class": 500, "flip_tta": True},
     "linear-full": {"strategy": "linear"},
+    "linear-full-flip": {"strategy": "linear", "flip_tta": True},
     "linear-500-128": {"strategy": "linear", "per_class": 500, "image_size": 128},
-    "finetune-500": {"strategy": "finetune", "per_class": 500, "image_size": 128, "epochs": 4, "lr": 3e-3, "augment": "light", "batch_size": 64},
+    "finetune-500": {"strategy": "finetune", "per_class": 500, "image_size": 128, "epochs": 8, "lr": 3e-3, "augment": "light", "batch_size": 64},
     "finetune-full-64": {"strategy": "finetune", "image_size": 64, "epochs": 2, "lr": 3e-3, "augment": "light", "batch_size": 64},
 }
 
@@ -49,7 +52,7 @@ def main() -> None:
     dataset.splits["train"] = LabelledImages(list(dataset.train.samples) + list(extra.samples), np.concatenate([dataset.train.labels, extra.labels]),
                                              dataset.classes, root=dataset.train.root)  # fmt: skip
     dataset.splits["val"] = val
-    lines = ["| config | options | train images | test acc | wall s | features cached |", "|---|---|---|---|---|---|"]
+    lines = ["| config | options | train images | test acc | wall s | features cached | head chosen |", "|---|---|---|---|---|---|---|"]
     for name in args.configs:
         options = {"model": args.model, "cache_dir": str(ROOT / ".data" / "bench-cache"), **CONFIGS[name]}
         with tempfile.TemporaryDirectory() as out:
@@ -58,9 +61,15 @@ def main() -> None:
             seconds = time.perf_counter() - started
         summary = result.metrics["summary"]
         shown = ", ".join(f"{k}={v}" for k, v in CONFIGS[name].items())
-        lines.append(f"| {name} | {shown} | {summary['train_images']} | {summary['test_acc']:.2%} | {seconds:.0f} | {summary.get('features_cached', '-')} |")
+        lines.append(f"| {name} | {shown} | {summary['train_images']} | {summary['test_acc']:.2%} | {seconds:.0f} | {summary.get('features_cached', '-')} | {_head(summary)} |")
         print(lines[-1], flush=True)
     record(f"CIFAR-10 training ({args.model})", command_line(), ["Test accuracy on the 10,000 CIFAR-10 test images; wall time of the whole train call.", "", *lines])
+
+
+def _head(summary: dict) -> str:
+    """The scaling and C that cross-validation chose for a head on features."""
+    chosen = [f"{k.removeprefix('chosen_')}={summary[k]}" for k in ("chosen_scaling", "chosen_C") if summary.get(k) is not None]
+    return ", ".join(chosen) or "-"
 
 
 if __name__ == "__main__":

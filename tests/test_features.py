@@ -52,7 +52,8 @@ def test_everything_that_changes_numbers_changes_the_key(tmp_path, images, resne
     assert not _extract(images, resnet, tmp_path, image_size=48).hit
     assert not _extract(images, resnet, tmp_path, data_fingerprint="other").hit
     assert not _extract(images, build_backbone("resnet18", pretrained=False, seed=2), tmp_path).hit
-    assert len(list_entries(tmp_path)) == 5
+    assert not _extract(images, resnet, tmp_path, flip_tta=True).hit
+    assert len(list_entries(tmp_path)) == 6
 
 
 def test_bad_images_are_skipped_and_reported(tmp_path, resnet):

@@ -7,7 +7,7 @@ from sklearn.base import clone
 from sklearn.datasets import make_classification
 from sklearn.exceptions import NotFittedError
 
-from transferkit.heads import LinearHead, MLPHead, SVMHead, make_head
+from transferkit.heads import SCALINGS, LinearHead, MLPHead, PowerL2Norm, SVMHead, make_head, power_l2
 
 
 @pytest.fixture(scope="module")
@@ -18,8 +18,8 @@ def blobs():
 
 @pytest.mark.parametrize(
     "head",
-    [LinearHead(), SVMHead(), SVMHead(kernel="rbf", n_components=100), MLPHead(hidden=32, epochs=30)],
-    ids=["linear", "svm", "svm-rbf", "mlp"],
+    [LinearHead(scaling="standard"), LinearHead(scaling="power-l2"), SVMHead(), SVMHead(kernel="rbf", n_components=100), MLPHead(hidden=32, epochs=30)],
+    ids=["linear", "linear-power-l2", "svm", "svm-rbf", "mlp"],
 )
 def test_head_learns_and_folds_into_torch(blobs, head):
     X, y = blobs
@@ -46,10 +46,22 @@ def test_unfitted_head_raises():
         LinearHead().predict(np.zeros((1, 3)))
 
 
-def test_cross_validation_picks_c(blobs):
+def test_cross_validation_picks_scaling_and_c(blobs):
     X, y = blobs
-    assert LinearHead(c_grid=(1e-4, 1.0)).fit(X, y).C_ in (1e-4, 1.0)
-    assert LinearHead(C=0.5).fit(X, y).C_ == 0.5
+    head = LinearHead().fit(X, y)
+    assert head.scaling_ in SCALINGS and head.C_ in LinearHead.C_GRIDS[head.scaling_]
+    head = LinearHead(scaling="power-l2").fit(X, y)
+    assert head.scaling_ == "power-l2" and head.C_ in LinearHead.C_GRIDS["power-l2"]
+    head = LinearHead(C=0.5).fit(X, y)
+    assert (head.C_, head.scaling_) == (0.5, "standard")
+    with pytest.raises(ValueError, match="scaling must be one of"):
+        LinearHead(scaling="minmax").fit(X, y)
+
+
+def test_power_l2_norm_matches_numpy():
+    X = np.random.default_rng(0).normal(size=(5, 7)).astype(np.float32)
+    np.testing.assert_allclose(PowerL2Norm()(torch.as_tensor(X)).numpy(), power_l2(X), atol=1e-6)
+    assert np.allclose(np.linalg.norm(power_l2(X), axis=1), 1)
 
 
 def test_unknown_head():

@@ -4,10 +4,11 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from transferkit import TransferkitError
+from transferkit import TransferkitError, build_backbone
 from transferkit.cli import app
 from transferkit.runs import load_run
 from transferkit.train import train
@@ -45,12 +46,24 @@ def test_heads_on_features_end_to_end(tmp_path, colours, strategy, extra):
     assert ok.all() and loaded.classes == sorted(COLOURS)
 
 
-def test_loaded_run_reproduces_its_test_accuracy(tmp_path, colours):
-    train(colours, tmp_path / "run", progress=False, strategy="linear", **FAST)
+@pytest.mark.parametrize("extra", [{}, {"flip_tta": True}], ids=["plain", "flip-tta"])
+def test_loaded_run_reproduces_its_test_accuracy(tmp_path, colours, extra):
+    train(colours, tmp_path / "run", progress=False, strategy="linear", **FAST, **extra)
+    assert json.loads((tmp_path / "run" / "model.json").read_text())["flip_tta"] == bool(extra)
     result = runner.invoke(app, ["evaluate", str(tmp_path / "run"), str(colours), "--json"])
     assert result.exit_code == 0, result.output
     recorded = json.loads((tmp_path / "run" / "metrics.json").read_text())["summary"]["test_acc"]
     assert json.loads(result.stdout)["accuracy"] == recorded
+
+
+def test_flip_tta_averages_each_image_with_its_mirror():
+    backbone = build_backbone("resnet18", pretrained=False, seed=0).eval()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        expected = (backbone.features(x, "stage2") + backbone.features(x.flip(-1), "stage2")) / 2
+        torch.testing.assert_close(backbone.features(x, "stage2", flip_tta=True), expected, atol=1e-5, rtol=1e-4)
+    with pytest.raises(TransferkitError, match="--flip-tta applies to heads on features"):
+        train("digits", None, strategy="finetune", flip_tta=True)
 
 
 def test_second_head_reuses_cached_features(tmp_path, colours):

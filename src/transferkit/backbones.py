@@ -191,8 +191,12 @@ class Backbone(nn.Module):
             handle.remove()
         return F.adaptive_avg_pool2d(captured[0], 1).flatten(1)
 
-    def features(self, x: torch.Tensor, layer: str = "penultimate") -> torch.Tensor:
-        """Features at ``layer``: "penultimate" or "stageN"."""
+    def features(self, x: torch.Tensor, layer: str = "penultimate", flip_tta: bool = False) -> torch.Tensor:
+        """Features at ``layer``: "penultimate" or "stageN".  ``flip_tta``: the mean of the
+        features of each image and of its mirror image (one forward pass on both)."""
+        if flip_tta:
+            both = self.features(torch.cat([x, x.flip(-1)]), layer)
+            return (both[: len(x)] + both[len(x) :]) / 2
         if layer == "penultimate":
             return self.forward_features(x)
         return self.forward_stage(x, parse_layer(layer, self.spec))

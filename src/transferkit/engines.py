@@ -28,22 +28,23 @@ PARITY_ATOL = 1e-3
 class LayerFeatures(nn.Module):
     """The backbone cut at ``layer``: images in, pooled features out."""
 
-    def __init__(self, backbone: Backbone, layer: str):
+    def __init__(self, backbone: Backbone, layer: str, flip_tta: bool = False):
         super().__init__()
         self.backbone = backbone
         self.layer = layer
+        self.flip_tta = flip_tta
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone.features(x, self.layer)
+        return self.backbone.features(x, self.layer, self.flip_tta)
 
 
 class TorchEngine:
     name = "torch"
 
-    def __init__(self, backbone: Backbone, layer: str, device: torch.device | str | None = None):
+    def __init__(self, backbone: Backbone, layer: str, device: torch.device | str | None = None, flip_tta: bool = False):
         self.channels_last = backbone.spec.source != "transferkit"  # faster for the library convnets
         self.device = torch.device(device or "cpu")
-        self.model = LayerFeatures(backbone.eval(), layer).to(self.device)
+        self.model = LayerFeatures(backbone.eval(), layer, flip_tta).to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
 
@@ -58,12 +59,12 @@ class TorchEngine:
 class OnnxEngine:
     name = "onnxruntime"
 
-    def __init__(self, backbone: Backbone, layer: str, image_size: int, folder: Path):
+    def __init__(self, backbone: Backbone, layer: str, image_size: int, folder: Path, flip_tta: bool = False):
         import onnxruntime
 
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{backbone.spec.name}-{backbone.weights_digest}-{layer}-{image_size}.onnx"
-        model = LayerFeatures(backbone.eval(), layer)
+        path = folder / f"{backbone.spec.name}-{backbone.weights_digest}-{layer}{'-flip' if flip_tta else ''}-{image_size}.onnx"
+        model = LayerFeatures(backbone.eval(), layer, flip_tta)
         sample = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
         if not path.is_file():
             export_onnx(model, sample, path, input_name="images", output_name="features")
@@ -124,7 +125,7 @@ def resolve_engine(name: str, n_images: int | None = None) -> str:
     return name
 
 
-def make_engine(name: str, backbone: Backbone, layer: str, image_size: int, folder: Path, device=None):
+def make_engine(name: str, backbone: Backbone, layer: str, image_size: int, folder: Path, device=None, flip_tta: bool = False):
     if resolve_engine(name) == "onnxruntime" and (device is None or torch.device(device).type == "cpu"):
-        return OnnxEngine(backbone, layer, image_size, folder)
-    return TorchEngine(backbone, layer, device)
+        return OnnxEngine(backbone, layer, image_size, folder, flip_tta)
+    return TorchEngine(backbone, layer, device, flip_tta)

@@ -64,13 +64,15 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     return Path(cache_dir) / "features"
 
 
-def cache_key(backbone: Backbone, layer: str, image_size: int | None, data_fingerprint: str, engine: str = "torch") -> tuple[str, dict]:
+def cache_key(backbone: Backbone, layer: str, image_size: int | None, data_fingerprint: str, engine: str = "torch",
+              flip_tta: bool = False) -> tuple[str, dict]:  # fmt: skip
     """A content address for the features, and the description it was derived from."""
     description = {
         "version": CACHE_VERSION,
         "backbone": backbone.spec.name,
         "weights": backbone.weights_digest,
         "layer": layer,
+        "flip_tta": flip_tta,
         "preprocessing": backbone.spec.preprocessing(image_size),
         "data": data_fingerprint,
         "engine": engine,  # engines agree to 1e-3, not bit for bit
@@ -227,6 +229,7 @@ def extract_features(
     progress: bool | str = False,
     description: dict | None = None,
     fabric=None,
+    flip_tta: bool = False,
 ) -> CachedFeatures:
     """Features of ``samples`` at ``layer``, from the cache or computed (and cached) now.
 
@@ -234,6 +237,7 @@ def extract_features(
     boundaries, so a resumed run batches every image exactly as an uninterrupted one would
     and gives bit-identical features.  Under DDP (a launched ``lightning.Fabric``), process
     ``r`` of ``w`` computes chunks ``r, r + w, ...`` into the same entry and rank 0 finalises.
+    ``flip_tta``: each image's features averaged with its mirror image's (twice the work).
     """
     if isinstance(backbone, str):
         backbone = build_backbone(backbone)
@@ -248,7 +252,7 @@ def extract_features(
 
     labels = np.asarray(labels, dtype=np.int64)
     engine = resolve_engine(engine, len(samples))
-    key, key_description = cache_key(backbone, layer, image_size, data_fingerprint, engine)
+    key, key_description = cache_key(backbone, layer, image_size, data_fingerprint, engine, flip_tta)
     root = cache_root(cache_dir)
     path = root / key
     root.mkdir(parents=True, exist_ok=True)
@@ -275,7 +279,7 @@ def extract_features(
 
             size = backbone.spec.check_image_size(image_size)
             device = fabric.device if fabric is not None else None
-            run = make_engine(engine, backbone, layer, size, root.parent / "engines", device=device)
+            run = make_engine(engine, backbone, layer, size, root.parent / "engines", device=device, flip_tta=flip_tta)
             with _disk_errors(root):
                 _compute_chunks(run, backbone.transform(image_size), samples, order, todo, chunk_size, partial, batch_size, num_workers, progress, len(done))
         if fabric is not None:

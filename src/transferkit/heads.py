@@ -32,42 +32,81 @@ def _standardised_linear(scaler: StandardScaler, coef: np.ndarray, intercept: np
     return layer
 
 
-def _pick_c(estimator, X, y, grid, cv_max_samples, seed):
-    """Choose C by stratified cross-validation on at most ``cv_max_samples`` rows."""
+def _pick_c(estimator, X, y, grid, cv_max_samples, seed) -> tuple[float, float]:
+    """Choose C by stratified cross-validation on at most ``cv_max_samples`` rows: (C, its score)."""
     if len(X) > cv_max_samples:
         rng = np.random.default_rng(seed)
         rows = np.sort(rng.choice(len(X), cv_max_samples, replace=False))
         X, y = X[rows], y[rows]
     folds = min(3, int(np.bincount(y).min()))
     if folds < 2:
-        return grid[len(grid) // 2]
+        return grid[len(grid) // 2], float("-inf")
     search = GridSearchCV(estimator, {"C": grid}, cv=StratifiedKFold(folds, shuffle=True, random_state=seed), n_jobs=1)
-    return search.fit(X, y).best_params_["C"]
+    search.fit(X, y)
+    return search.best_params_["C"], search.best_score_
+
+
+class PowerL2Norm(nn.Module):
+    """Signed square root, then unit L2 norm per row: "power normalisation" of pooled features.
+
+    It evens out the few large activations that dominate pooled post-ReLU features; on
+    EfficientNet-Lite0 features of CIFAR-10 a logistic regression gains about a point from it
+    over standardisation.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(x.sign() * x.abs().sqrt(), dim=1)
+
+
+def power_l2(X: np.ndarray) -> np.ndarray:
+    X = np.sign(X) * np.sqrt(np.abs(X))
+    return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+
+
+SCALINGS = ("standard", "power-l2")
 
 
 class LinearHead(ClassifierMixin, BaseEstimator):
-    """Multinomial logistic regression on standardised features, C chosen by cross-validation."""
+    """Multinomial logistic regression on scaled features; C and the scaling chosen by CV.
 
-    def __init__(self, C: float | None = None, c_grid=(1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 1.0), max_iter: int = 1000, cv_max_samples: int = 5000, random_state: int = 0):
+    ``scaling`` is "standard" (standardised features) or "power-l2" (:class:`PowerL2Norm`);
+    None lets cross-validation choose it with C, each over its own grid of C.
+    """
+
+    C_GRIDS = {"standard": (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 1.0), "power-l2": (1.0, 3.0, 10.0, 30.0, 100.0)}
+
+    def __init__(self, C: float | None = None, scaling: str | None = None, max_iter: int = 1000, cv_max_samples: int = 5000, random_state: int = 0):
         self.C = C
-        self.c_grid = c_grid
+        self.scaling = scaling
         self.max_iter = max_iter
         self.cv_max_samples = cv_max_samples
         self.random_state = random_state
 
-    def fit(self, X, y):
+    def _scale(self, X):
         X = np.asarray(X, dtype=np.float32)
+        return self.scaler_.transform(X) if self.scaling_ == "standard" else power_l2(X)
+
+    def fit(self, X, y):
+        if self.scaling not in (None, *SCALINGS):
+            raise ValueError(f"scaling must be one of {', '.join(SCALINGS)}, got {self.scaling!r}")
+        X = np.asarray(X, dtype=np.float32)
+        scalings = [self.scaling] if self.scaling else list(SCALINGS) if self.C is None else ["standard"]
         self.scaler_ = StandardScaler().fit(X)
-        Z = self.scaler_.transform(X)
+        scaled = {"standard": self.scaler_.transform(X), "power-l2": power_l2(X)}
         model = LogisticRegression(max_iter=self.max_iter)
-        self.C_ = self.C if self.C is not None else _pick_c(model, Z, y, list(self.c_grid), self.cv_max_samples, self.random_state)
-        self.model_ = model.set_params(C=self.C_).fit(Z, y)
+        if self.C is not None:
+            self.scaling_, self.C_ = scalings[0], self.C
+        else:  # the best cross-validated score over every (scaling, C)
+            scores = {name: _pick_c(model, scaled[name], y, list(self.C_GRIDS[name]), self.cv_max_samples, self.random_state) for name in scalings}
+            self.scaling_ = max(scalings, key=lambda name: scores[name][1])
+            self.C_ = scores[self.scaling_][0]
+        self.model_ = model.set_params(C=self.C_).fit(scaled[self.scaling_], y)
         self.classes_ = self.model_.classes_
         return self
 
     def predict_proba(self, X):
         check_is_fitted(self)
-        return self.model_.predict_proba(self.scaler_.transform(np.asarray(X, dtype=np.float32)))
+        return self.model_.predict_proba(self._scale(X))
 
     def predict(self, X):
         best = self.predict_proba(X).argmax(1)
@@ -75,7 +114,13 @@ class LinearHead(ClassifierMixin, BaseEstimator):
 
     def to_module(self) -> nn.Module:
         check_is_fitted(self)
-        return _standardised_linear(self.scaler_, self.model_.coef_, self.model_.intercept_)
+        if self.scaling_ == "standard":
+            return _standardised_linear(self.scaler_, self.model_.coef_, self.model_.intercept_)
+        layer = nn.Linear(self.model_.coef_.shape[1], self.model_.coef_.shape[0])
+        with torch.no_grad():
+            layer.weight.copy_(torch.as_tensor(self.model_.coef_, dtype=torch.float32))
+            layer.bias.copy_(torch.as_tensor(self.model_.intercept_, dtype=torch.float32))
+        return nn.Sequential(PowerL2Norm(), layer)
 
 
 class SVMHead(ClassifierMixin, BaseEstimator):
@@ -109,7 +154,7 @@ class SVMHead(ClassifierMixin, BaseEstimator):
             self.kernel_map_.fit(self.scaler_.transform(X))
         Z = self._map(X)
         model = LinearSVC(dual="auto", max_iter=5000)
-        self.C_ = self.C if self.C is not None else _pick_c(model, Z, y, list(self.c_grid), self.cv_max_samples, self.random_state)
+        self.C_ = self.C if self.C is not None else _pick_c(model, Z, y, list(self.c_grid), self.cv_max_samples, self.random_state)[0]
         self.model_ = model.set_params(C=self.C_).fit(Z, y)
         self.classes_ = self.model_.classes_
         return self

@@ -29,15 +29,16 @@ MODEL_META = "model.json"
 class TrainedModel(nn.Module):
     """Backbone features at ``layer`` followed by a trained head: images in, class scores out."""
 
-    def __init__(self, backbone: Backbone, head: nn.Module, layer: str = "penultimate"):
+    def __init__(self, backbone: Backbone, head: nn.Module, layer: str = "penultimate", flip_tta: bool = False):
         super().__init__()
         self.backbone = backbone
         self.head = head
         self.layer = layer
+        self.flip_tta = flip_tta  # features as the head was trained on them: averaged with the mirror image's
         backbone.classifier = nn.Identity()  # the head replaces the ImageNet classifier
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone.features(x, self.layer))
+        return self.head(self.backbone.features(x, self.layer, self.flip_tta))
 
 
 def build_head(description: dict) -> nn.Module:
@@ -48,6 +49,10 @@ def build_head(description: dict) -> nn.Module:
         return nn.Linear(dims[0], dims[1])
     if kind == "mlp":
         return nn.Sequential(nn.Linear(dims[0], dims[1]), nn.ReLU(), nn.Linear(dims[1], dims[2]))
+    if kind == "power-l2-linear":
+        from transferkit.heads import PowerL2Norm
+
+        return nn.Sequential(PowerL2Norm(), nn.Linear(dims[0], dims[1]))
     if kind == "dropout-linear":
         return nn.Sequential(nn.Dropout(description.get("dropout", 0.0)), nn.Linear(dims[0], dims[1]))
     if kind == "rbf":
@@ -59,11 +64,13 @@ def build_head(description: dict) -> nn.Module:
 
 def describe_head(head: nn.Module) -> dict:
     """The shape of a head module, enough to rebuild it with :func:`build_head`."""
-    from transferkit.heads import RBFFeatures
+    from transferkit.heads import PowerL2Norm, RBFFeatures
 
     if isinstance(head, nn.Linear):
         return {"type": "linear", "dims": [head.in_features, head.out_features]}
     layers = list(head)
+    if isinstance(layers[0], PowerL2Norm):
+        return {"type": "power-l2-linear", "dims": [layers[1].in_features, layers[1].out_features]}
     if isinstance(layers[0], nn.Dropout):
         return {"type": "dropout-linear", "dims": [layers[1].in_features, layers[1].out_features], "dropout": layers[0].p}
     if isinstance(layers[0], RBFFeatures):
@@ -122,6 +129,7 @@ def save_run(run_dir: Path, model: TrainedModel, *, classes: list[str], image_si
         "weights_source": model.backbone.weights_source,
         "weights_digest": model.backbone.weights_digest,
         "layer": model.layer,
+        "flip_tta": model.flip_tta,
         "strategy": head_kind,
         "head": describe_head(model.head),
         "classes": list(classes),
@@ -177,7 +185,7 @@ def load_run(run_dir: str | os.PathLike) -> Run:
             f"{MODEL_META}); restore it from a backup or train again"
         )
     backbone = build_backbone(meta["backbone"], pretrained=False, seed=None)
-    model = TrainedModel(backbone, build_head(meta["head"]), meta["layer"])
+    model = TrainedModel(backbone, build_head(meta["head"]), meta["layer"], meta.get("flip_tta", False))
     state = read_state_dict(run_dir / MODEL_FILE)
     own = model.state_dict()
     problems = [

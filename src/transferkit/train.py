@@ -31,6 +31,7 @@ class TrainOptions:
     model: str = DEFAULT_MODEL
     strategy: str = "linear"
     layer: str = "penultimate"
+    flip_tta: bool = False
     kernel: str = "linear"
     image_size: int | None = None
     batch_size: int = 32
@@ -84,6 +85,8 @@ class TrainOptions:
             raise TransferkitError(f"--unfreeze must be a number of layer groups or 'all', got {self.unfreeze!r}")
         if self.layer != "penultimate" and self.strategy in END_TO_END_STRATEGIES:
             raise TransferkitError(f"--layer applies to heads on features ({', '.join(FEATURE_STRATEGIES)}), not to {self.strategy}")
+        if self.flip_tta and self.strategy in END_TO_END_STRATEGIES:
+            raise TransferkitError(f"--flip-tta applies to heads on features ({', '.join(FEATURE_STRATEGIES)}), not to {self.strategy}")
 
 
 class _NotRankZero(Exception):
@@ -170,6 +173,7 @@ def _extract(backbone, images, opts: TrainOptions, split: str, dataset_name: str
         images.samples, images.labels, backbone, data_fingerprint=images.fingerprint(), layer=opts.layer,
         image_size=opts.image_size, batch_size=opts.batch_size, num_workers=opts.num_workers, cache_dir=opts.cache_dir,
         engine=opts.engine, progress=f"extract {split}" if progress else False, description={"dataset": dataset_name, "split": split},
+        flip_tta=opts.flip_tta,
     )  # fmt: skip
 
 
@@ -205,8 +209,9 @@ def _train_head(dataset, train_set, opts: TrainOptions, progress: bool):
         "features_cached": train_features.hit,
         "skipped_images": len(train_features.failures),
         "chosen_C": getattr(head, "C_", None),
+        "chosen_scaling": getattr(head, "scaling_", None),
     }
-    return TrainedModel(backbone, module, opts.layer), history, timings, predictions
+    return TrainedModel(backbone, module, opts.layer, opts.flip_tta), history, timings, predictions
 
 
 def _head_learning_curve(head, X, y, val, opts) -> list[dict]:
@@ -215,6 +220,8 @@ def _head_learning_curve(head, X, y, val, opts) -> list[dict]:
 
     Xv, yv = val if val is not None else (X[:0], y[:0])
     fixed = {"C": head.C_} if hasattr(head, "C_") else {}
+    if hasattr(head, "scaling_"):
+        fixed["scaling"] = head.scaling_
     history = []
     for share in (0.1, 0.25, 0.5, 1.0):
         rows = _stratified_rows(y, share, opts.seed)

@@ -11,6 +11,9 @@ from transferkit.errors import TransferkitError
 
 LAYER = typer.Option("penultimate", "--layer", help="penultimate, or stageN for pooled features of an earlier stage.")
 ENGINE = typer.Option("auto", "--engine", help="auto | torch | onnxruntime (auto: ONNX Runtime where installed, on CPU).")
+FLIP_TTA = typer.Option(
+    False, "--flip-tta", help="Average each image's features with its mirror image's (twice the extraction work, often a point more accuracy)."
+)
 CACHE_DIR = typer.Option(
     None, "--cache-dir", file_okay=False, help="Feature cache folder (default: $TRANSFERKIT_CACHE or the user cache)."
 )
@@ -29,6 +32,7 @@ def extract(
     no_pretrained: bool = NO_PRETRAINED,
     trust_pickle: bool = TRUST_PICKLE,
     allow_outside_root: bool = ALLOW_OUTSIDE_ROOT,
+    flip_tta: bool = FLIP_TTA,
     strict: bool = typer.Option(False, "--strict", help="Fail if any image cannot be decoded."),
     seed: int = typer.Option(0, "--seed", help="Seed of the train/val split."),
     engine: str = ENGINE,
@@ -54,7 +58,7 @@ def extract(
             images.samples, images.labels, backbone, data_fingerprint=images.fingerprint(), layer=layer,
             image_size=image_size, batch_size=batch_size, num_workers=num_workers, cache_dir=cache_dir,
             chunk_batches=chunk_batches, engine=engine, progress=f"extract {split}" if rank == 0 else False,
-            description={"dataset": dataset.name, "split": split}, fabric=fabric,
+            description={"dataset": dataset.name, "split": split}, fabric=fabric, flip_tta=flip_tta,
         )  # fmt: skip
         rows.append({"split": split, "images": len(images), "dim": result.dim, "cache": "hit" if result.hit else "computed",
                      "seconds": round(result.seconds, 2), "skipped": result.failures, "key": result.path.name})  # fmt: skip
