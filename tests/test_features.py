@@ -151,6 +151,8 @@ def test_onnxruntime_engine_matches_pytorch(tmp_path, images, resnet):
     assert list((tmp_path / "engines").glob("resnet18-*-penultimate-40.onnx"))
     stage = _extract(images, resnet, tmp_path, engine="onnxruntime", layer="stage3")
     np.testing.assert_allclose(stage.features, _extract(images, resnet, tmp_path, engine="torch", layer="stage3").features, atol=1e-3)
+    flipped = _extract(images, resnet, tmp_path, engine="onnxruntime", flip_tta=True)  # batches of 8 and 5
+    np.testing.assert_allclose(flipped.features, _extract(images, resnet, tmp_path, engine="torch", flip_tta=True).features, atol=1e-3)
 
 
 def test_unknown_engine(tmp_path, images, resnet):

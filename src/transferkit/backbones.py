@@ -194,9 +194,8 @@ class Backbone(nn.Module):
     def features(self, x: torch.Tensor, layer: str = "penultimate", flip_tta: bool = False) -> torch.Tensor:
         """Features at ``layer``: "penultimate" or "stageN".  ``flip_tta``: the mean of the
         features of each image and of its mirror image (one forward pass on both)."""
-        if flip_tta:
-            both = self.features(torch.cat([x, x.flip(-1)]), layer)
-            return (both[: len(x)] + both[len(x) :]) / 2
+        if flip_tta:  # unflatten, not slicing by len(x): the batch size stays dynamic in an ONNX export
+            return self.features(torch.cat([x, x.flip(-1)]), layer).unflatten(0, (2, -1)).mean(0)
         if layer == "penultimate":
             return self.forward_features(x)
         return self.forward_stage(x, parse_layer(layer, self.spec))
