@@ -59,8 +59,8 @@ class PowerL2Norm(nn.Module):
 
 
 def power_l2(X: np.ndarray) -> np.ndarray:
-    X = np.sign(X) * np.sqrt(np.abs(X))
-    return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+    with torch.no_grad():
+        return PowerL2Norm()(torch.as_tensor(X, dtype=torch.float32)).numpy()
 
 
 SCALINGS = ("standard", "power-l2")
@@ -82,9 +82,9 @@ class LinearHead(ClassifierMixin, BaseEstimator):
         self.cv_max_samples = cv_max_samples
         self.random_state = random_state
 
-    def _scale(self, X):
+    def _scale(self, X, scaling: str | None = None):
         X = np.asarray(X, dtype=np.float32)
-        return self.scaler_.transform(X) if self.scaling_ == "standard" else power_l2(X)
+        return self.scaler_.transform(X) if (scaling or self.scaling_) == "standard" else power_l2(X)
 
     def fit(self, X, y):
         if self.scaling not in (None, *SCALINGS):
@@ -92,7 +92,7 @@ class LinearHead(ClassifierMixin, BaseEstimator):
         X = np.asarray(X, dtype=np.float32)
         scalings = [self.scaling] if self.scaling else list(SCALINGS) if self.C is None else ["standard"]
         self.scaler_ = StandardScaler().fit(X)
-        scaled = {"standard": self.scaler_.transform(X), "power-l2": power_l2(X)}
+        scaled = {name: self._scale(X, name) for name in scalings}
         model = LogisticRegression(max_iter=self.max_iter)
         if self.C is not None:
             self.scaling_, self.C_ = scalings[0], self.C
