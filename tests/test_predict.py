@@ -22,6 +22,17 @@ def test_real_photos_get_the_right_imagenet_classes(photos, lite0):
     assert coffee["probability"] > 0.5
 
 
+def test_onnxruntime_engine_predicts_as_pytorch_does(photos, lite0, tmp_path, monkeypatch):
+    monkeypatch.setenv("TRANSFERKIT_CACHE", str(tmp_path))  # the export lands beside this cache
+    images = [photos["chelsea"], photos["coffee"]]
+    torch_results = predict(images, lite0, top_k=3, engine="torch")
+    ort_results = predict(images, lite0, top_k=3, engine="onnxruntime")
+    for ours, reference in zip(ort_results, torch_results):
+        assert [t["class"] for t in ours["top"]] == [t["class"] for t in reference["top"]]
+        np.testing.assert_allclose([t["probability"] for t in ours["top"]], [t["probability"] for t in reference["top"]], atol=1e-3)
+    assert list((tmp_path / "engines").glob("efficientnet_lite0-*-imagenet-224.onnx"))
+
+
 @pytest.fixture
 def bad_inputs(tmp_path):
     (tmp_path / "empty_dir").mkdir()

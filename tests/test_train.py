@@ -56,6 +56,21 @@ def test_loaded_run_reproduces_its_test_accuracy(tmp_path, colours, extra):
     assert json.loads(result.stdout)["accuracy"] == recorded
 
 
+def test_classify_and_evaluate_on_onnxruntime_match_pytorch(tmp_path, colours, monkeypatch):
+    monkeypatch.setenv("TRANSFERKIT_CACHE", str(tmp_path / "cache"))
+    train(colours, tmp_path / "run", progress=False, strategy="linear", **FAST)
+    run = load_run(tmp_path / "run")
+    images = sorted((colours / "test" / "red").glob("*.png"))
+    torch_probs, _, _ = run.scores(images, engine="torch")
+    ort_probs, ok, _ = run.scores(images, engine="onnxruntime")
+    assert ok.all()
+    np.testing.assert_allclose(ort_probs, torch_probs, atol=1e-3)
+    assert list((tmp_path / "cache" / "engines").glob("run-*.onnx"))
+    result = runner.invoke(app, ["classify", str(tmp_path / "run"), str(images[0]), "--engine", "onnxruntime", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)[0]["top"][0]["label"] == "red"
+
+
 def test_flip_tta_averages_each_image_with_its_mirror():
     backbone = build_backbone("resnet18", pretrained=False, seed=0).eval()
     x = torch.randn(3, 3, 32, 32)

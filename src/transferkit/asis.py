@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
+import numpy as np
 import torch
 
 from transferkit.backbones import DEFAULT_MODEL, Backbone, build_backbone
+from transferkit.engines import scoring_engine
 from transferkit.errors import TransferkitError
 from transferkit.loader import ImageSource, expand_paths, iterate_batches
 
 
 def classify_batches(
-    model: torch.nn.Module,
+    engine: Callable[[torch.Tensor], np.ndarray],
     sources: Sequence[ImageSource],
     transform,
     categories: Sequence[str],
@@ -22,20 +24,22 @@ def classify_batches(
     num_workers: int | None = None,
     progress: bool | str = False,
 ) -> list[dict]:
-    """Top-k classes per image, in input order; a bad image gets ``{"error": reason}``."""
+    """Top-k classes per image, in input order; a bad image gets ``{"error": reason}``.
+
+    ``engine`` maps a batch of images to class scores (see :mod:`transferkit.engines`).
+    """
     sources = expand_paths(sources)
     k = min(top_k, len(categories))
     if k < 1:
         raise TransferkitError(f"--top-k must be at least 1, got {top_k}")
     results: list[dict] = [{} for _ in sources]
-    model.eval()
     with torch.inference_mode():
         for batch in iterate_batches(sources, transform, batch_size=batch_size, num_workers=num_workers, progress=progress):
             for index, error in batch.failures:
                 results[index] = {"image": _name(sources[index]), "error": error}
             if batch.images is None:
                 continue
-            probs, classes = model(batch.images).softmax(dim=1).topk(k, dim=1)
+            probs, classes = torch.from_numpy(engine(batch.images)).softmax(dim=1).topk(k, dim=1)
             for row, index in enumerate(batch.indices):
                 results[index] = {
                     "image": _name(sources[index]),
@@ -62,15 +66,22 @@ def predict(
     batch_size: int = 32,
     num_workers: int | None = None,
     progress: bool | str = False,
+    engine: str = "auto",
 ) -> list[dict]:
-    """Classify ``images`` (paths, folders or PIL images) into the backbone's ImageNet classes."""
+    """Classify ``images`` (paths, folders or PIL images) into the backbone's ImageNet classes.
+
+    ``engine``: torch, onnxruntime, or auto (ONNX Runtime on a CPU for 1,000 images or more).
+    """
     backbone = model if isinstance(model, Backbone) else build_backbone(model, weights=weights, trust_pickle=trust_pickle)
     categories = backbone.spec.categories
     if categories is None or backbone.num_classes != len(categories):
         raise TransferkitError(
             f"{backbone.spec.name} has no ImageNet classifier to predict with; train a head with `transferkit train`"
         )
+    sources = expand_paths(images)
+    size = backbone.spec.check_image_size(image_size)
+    key = f"{backbone.spec.name}-{backbone.weights_digest}-imagenet"
     return classify_batches(
-        backbone, images, backbone.transform(image_size), categories,
+        scoring_engine(engine, backbone, backbone, size, len(sources), key), sources, backbone.transform(image_size), categories,
         top_k=top_k, batch_size=batch_size, num_workers=num_workers, progress=progress,
     )  # fmt: skip

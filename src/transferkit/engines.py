@@ -1,9 +1,10 @@
-"""Inference engines for feature extraction: PyTorch, or ONNX Runtime on an exported backbone.
+"""Inference engines for extraction and prediction: PyTorch, or ONNX Runtime on an export.
 
 On a CPU, ONNX Runtime runs these convnets several times faster than eager PyTorch. The
-backbone (up to the requested layer) is exported once per weights/layer/size, kept beside the
-feature cache, and checked against PyTorch on a sample batch before it is trusted: features
-must match to 1e-3, or the engine is refused with a clear message.
+network (a backbone up to the requested layer, or a whole classifier) is exported once per
+weights/layer/size, kept beside the feature cache, and checked against PyTorch on a sample
+batch before it is trusted: outputs must match to 1e-3, or the engine is refused with a clear
+message.
 """
 
 from __future__ import annotations
@@ -39,13 +40,15 @@ class LayerFeatures(nn.Module):
 
 
 class TorchEngine:
+    """``model`` run eagerly: inference mode, on ``device``, channels-last where that is faster."""
+
     name = "torch"
 
-    def __init__(self, backbone: Backbone, layer: str, device: torch.device | str | None = None, flip_tta: bool = False):
-        self.channels_last = backbone.spec.source != "transferkit"  # faster for the library convnets
+    def __init__(self, model: nn.Module, device: torch.device | str | None = None, channels_last: bool = False):
+        self.channels_last = channels_last
         self.device = torch.device(device or "cpu")
-        self.model = LayerFeatures(backbone.eval(), layer, flip_tta).to(self.device)
-        if self.channels_last:
+        self.model = model.eval().to(self.device)
+        if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
 
     def __call__(self, images: torch.Tensor) -> np.ndarray:
@@ -57,17 +60,18 @@ class TorchEngine:
 
 
 class OnnxEngine:
+    """``model`` exported once to ``path`` and run by ONNX Runtime, after a parity check."""
+
     name = "onnxruntime"
 
-    def __init__(self, backbone: Backbone, layer: str, image_size: int, folder: Path, flip_tta: bool = False):
+    def __init__(self, model: nn.Module, image_size: int, path: Path):
         import onnxruntime
 
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{backbone.spec.name}-{backbone.weights_digest}-{layer}{'-flip' if flip_tta else ''}-{image_size}.onnx"
-        model = LayerFeatures(backbone.eval(), layer, flip_tta)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        model = model.eval()
         sample = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
         if not path.is_file():
-            export_onnx(model, sample, path, input_name="images", output_name="features")
+            export_onnx(model, sample, path, input_name="images", output_name="outputs")
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
         options.log_severity_level = 3
@@ -77,7 +81,7 @@ class OnnxEngine:
         difference = float(np.abs(self(sample) - expected).max())
         if difference > PARITY_ATOL:
             path.unlink(missing_ok=True)
-            raise TransferkitError(f"ONNX Runtime's features for {backbone.spec.name} differ from PyTorch's by {difference:.1e}; use --engine torch")
+            raise TransferkitError(f"ONNX Runtime's outputs for {path.stem} differ from PyTorch's by {difference:.1e}; use --engine torch")
 
     def __call__(self, images: torch.Tensor) -> np.ndarray:
         return self.session.run(None, {"images": images.numpy()})[0]
@@ -125,7 +129,26 @@ def resolve_engine(name: str, n_images: int | None = None) -> str:
     return name
 
 
+def _channels_last(backbone: Backbone) -> bool:
+    return backbone.spec.source != "transferkit"  # faster for the library convnets
+
+
 def make_engine(name: str, backbone: Backbone, layer: str, image_size: int, folder: Path, device=None, flip_tta: bool = False):
+    """The features of ``backbone`` at ``layer`` as an engine (images in, numpy features out)."""
+    model = LayerFeatures(backbone, layer, flip_tta)
     if resolve_engine(name) == "onnxruntime" and (device is None or torch.device(device).type == "cpu"):
-        return OnnxEngine(backbone, layer, image_size, folder, flip_tta)
-    return TorchEngine(backbone, layer, device, flip_tta)
+        return OnnxEngine(model, image_size, folder / f"{backbone.spec.name}-{backbone.weights_digest}-{layer}{'-flip' if flip_tta else ''}-{image_size}.onnx")
+    return TorchEngine(model, device, _channels_last(backbone))
+
+
+def scoring_engine(name: str, model: nn.Module, backbone: Backbone, image_size: int, n_images: int, key: str):
+    """A whole classifier (``model``, built on ``backbone``) as an engine: images in, class scores out.
+
+    ``key`` names the exported file (it must change whenever the weights do); the ONNX files
+    live beside the feature cache's.
+    """
+    if resolve_engine(name, n_images) == "onnxruntime":
+        from transferkit.features import cache_root
+
+        return OnnxEngine(model, image_size, cache_root().parent / "engines" / f"{key}-{image_size}.onnx")
+    return TorchEngine(model, None, _channels_last(backbone))

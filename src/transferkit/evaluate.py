@@ -10,7 +10,7 @@ from transferkit.runs import load_run
 
 
 def evaluate_run(run_dir, data, *, split: str | None = None, trust_pickle: bool = False, batch_size: int = 32,
-                 allow_outside_root: bool = False) -> dict:  # fmt: skip
+                 allow_outside_root: bool = False, engine: str = "auto") -> dict:  # fmt: skip
     """Accuracy, per-class precision/recall and confusion matrix of ``run_dir`` on ``data``.
 
     ``allow_outside_root``: a CSV ``data`` may name images outside its own folder.
@@ -34,6 +34,6 @@ def evaluate_run(run_dir, data, *, split: str | None = None, trust_pickle: bool 
     to_run = np.array([run.classes.index(name) for name in dataset.classes])
     samples = [s for part in parts for s in part.samples]
     labels = to_run[np.concatenate([part.labels for part in parts])]
-    probs, ok, failures = run.scores(samples, batch_size=batch_size, progress="evaluate")
+    probs, ok, failures = run.scores(samples, batch_size=batch_size, progress="evaluate", engine=engine)
     metrics = classification_metrics(labels[ok], probs[ok].argmax(1), run.classes)
     return {"split": split, **metrics, "skipped": len(failures)}

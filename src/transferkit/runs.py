@@ -92,26 +92,35 @@ class Run:
     def transform(self):
         return self.model.backbone.transform(self.image_size)
 
-    def predict(self, images: Sequence, *, top_k: int = 5, batch_size: int = 32, progress: bool | str = False) -> list[dict]:
+    def engine(self, name: str = "auto", n_images: int | None = None):
+        """The network as an inference engine (see :mod:`transferkit.engines`); ONNX Runtime
+        only for a run whose model.json records its weights' checksum (it names the export)."""
+        from transferkit.engines import scoring_engine
+
+        digest = self.meta.get("model_sha256")
+        return scoring_engine(name if digest else "torch", self.model, self.model.backbone, self.image_size, n_images, f"run-{(digest or '')[:16]}")
+
+    def predict(self, images: Sequence, *, top_k: int = 5, batch_size: int = 32, progress: bool | str = False, engine: str = "auto") -> list[dict]:
         """Top-k classes per image (paths, folders, PIL images or arrays), in input order."""
         from transferkit.asis import classify_batches
+        from transferkit.loader import expand_paths
 
-        return classify_batches(self.model, images, self.transform, self.classes, top_k=top_k, batch_size=batch_size, progress=progress)
+        sources = expand_paths(images)
+        return classify_batches(self.engine(engine, len(sources)), sources, self.transform, self.classes, top_k=top_k, batch_size=batch_size, progress=progress)
 
-    def scores(self, samples: Sequence, *, batch_size: int = 32, progress: bool | str = False) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    def scores(self, samples: Sequence, *, batch_size: int = 32, progress: bool | str = False, engine: str = "auto") -> tuple[np.ndarray, np.ndarray, list[dict]]:
         """Class probabilities for ``samples``: (probabilities, ok mask, failures)."""
         from transferkit.loader import iterate_batches
 
+        run = self.engine(engine, len(samples))
         probs = np.zeros((len(samples), len(self.classes)), dtype=np.float32)
         ok = np.zeros(len(samples), dtype=bool)
         failures = []
-        self.model.eval()
-        with torch.inference_mode():
-            for batch in iterate_batches(samples, self.transform, batch_size=batch_size, progress=progress):
-                failures += [{"index": i, "reason": r} for i, r in batch.failures]
-                if batch.images is not None:
-                    probs[batch.indices] = self.model(batch.images).softmax(1).numpy()
-                    ok[batch.indices] = True
+        for batch in iterate_batches(samples, self.transform, batch_size=batch_size, progress=progress):
+            failures += [{"index": i, "reason": r} for i, r in batch.failures]
+            if batch.images is not None:
+                probs[batch.indices] = torch.from_numpy(run(batch.images)).softmax(1).numpy()
+                ok[batch.indices] = True
         return probs, ok, failures
 
 

@@ -153,6 +153,9 @@ WEIGHTS = typer.Option(None, "--weights", help="Pretrained weights file (safeten
 TRUST_PICKLE = typer.Option(False, "--trust-pickle", help="Allow loading pickle files you trust (they can run code).")
 NO_PRETRAINED = typer.Option(False, "--no-pretrained", help="Use random weights instead of pretrained ones.")
 JSON = typer.Option(False, "--json", help="Print the result as JSON on stdout.")
+ENGINE = typer.Option(
+    "auto", "--engine", help="auto | torch | onnxruntime (auto: ONNX Runtime on a CPU for 1,000 images or more, where installed)."
+)
 ALLOW_OUTSIDE_ROOT = typer.Option(
     False, "--allow-outside-root", help="CSV DATA: accept image paths outside the CSV's folder (absolute or ../)."
 )

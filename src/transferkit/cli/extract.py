@@ -6,11 +6,10 @@ from pathlib import Path
 
 import typer
 
-from transferkit.cli._app import ALLOW_OUTSIDE_ROOT, JSON, MODEL, NO_PRETRAINED, TRUST_PICKLE, WEIGHTS, command, one_line, print_json
+from transferkit.cli._app import ALLOW_OUTSIDE_ROOT, ENGINE, JSON, MODEL, NO_PRETRAINED, TRUST_PICKLE, WEIGHTS, command, one_line, print_json
 from transferkit.errors import TransferkitError
 
 LAYER = typer.Option("penultimate", "--layer", help="penultimate, or stageN for pooled features of an earlier stage.")
-ENGINE = typer.Option("auto", "--engine", help="auto | torch | onnxruntime (auto: ONNX Runtime where installed, on CPU).")
 FLIP_TTA = typer.Option(
     False, "--flip-tta", help="Average each image's features with its mirror image's (twice the extraction work, often a point more accuracy)."
 )

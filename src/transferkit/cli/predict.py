@@ -8,7 +8,7 @@ import typer
 
 from transferkit.asis import predict as run_predict
 from transferkit.backbones import get_spec
-from transferkit.cli._app import JSON, MODEL, TRUST_PICKLE, WEIGHTS, command, one_line, print_json, printable
+from transferkit.cli._app import ENGINE, JSON, MODEL, TRUST_PICKLE, WEIGHTS, command, one_line, print_json, printable
 from transferkit.errors import TransferkitError
 
 
@@ -21,6 +21,7 @@ def predict(
     trust_pickle: bool = TRUST_PICKLE,
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     image_size: int = typer.Option(None, "--image-size", min=16, help="Override the backbone's input size."),
+    engine: str = ENGINE,
     as_json: bool = JSON,
 ) -> None:
     """Classify images into ImageNet classes with the pretrained network as is."""
@@ -29,7 +30,7 @@ def predict(
                                "(`transferkit models`), or train a head with `transferkit train` and use `transferkit classify`")  # fmt: skip
     results = run_predict(
         [str(p) for p in images], model, top_k=top_k, weights=str(weights) if weights else None,
-        trust_pickle=trust_pickle, batch_size=batch_size, image_size=image_size, progress="predict",
+        trust_pickle=trust_pickle, batch_size=batch_size, image_size=image_size, progress="predict", engine=engine,
     )  # fmt: skip
     if as_json:
         print_json(results)

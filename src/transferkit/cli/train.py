@@ -6,8 +6,8 @@ from pathlib import Path
 
 import typer
 
-from transferkit.cli._app import ALLOW_OUTSIDE_ROOT, JSON, MODEL, NO_PRETRAINED, TRUST_PICKLE, WEIGHTS, command, print_json
-from transferkit.cli.extract import CACHE_DIR, ENGINE, FLIP_TTA, LAYER
+from transferkit.cli._app import ALLOW_OUTSIDE_ROOT, ENGINE, JSON, MODEL, NO_PRETRAINED, TRUST_PICKLE, WEIGHTS, command, print_json
+from transferkit.cli.extract import CACHE_DIR, FLIP_TTA, LAYER
 from transferkit.train import STRATEGIES
 
 
@@ -83,13 +83,14 @@ def evaluate(
     trust_pickle: bool = TRUST_PICKLE,
     allow_outside_root: bool = ALLOW_OUTSIDE_ROOT,
     batch_size: int = typer.Option(32, "--batch-size", min=1),
+    engine: str = ENGINE,
     as_json: bool = JSON,
 ) -> None:
     """Accuracy and per-class precision/recall of a trained run on labelled DATA."""
     from transferkit.evaluate import evaluate_run
 
     metrics = evaluate_run(
-        run, data, split=split, trust_pickle=trust_pickle, batch_size=batch_size, allow_outside_root=allow_outside_root
+        run, data, split=split, trust_pickle=trust_pickle, batch_size=batch_size, allow_outside_root=allow_outside_root, engine=engine
     )
     if as_json:
         print_json(metrics)
@@ -105,12 +106,13 @@ def classify(
     images: list[Path] = typer.Argument(..., help="Image files or folders."),
     top_k: int = typer.Option(1, "--top-k", "-k", min=1),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
+    engine: str = ENGINE,
     as_json: bool = JSON,
 ) -> None:
     """Classify new images with a trained run, printing its class names."""
     from transferkit.runs import load_run
 
-    results = load_run(run).predict([str(p) for p in images], top_k=top_k, batch_size=batch_size, progress="classify")
+    results = load_run(run).predict([str(p) for p in images], top_k=top_k, batch_size=batch_size, progress="classify", engine=engine)
     failed = [r for r in results if "error" in r]
     for r in failed:
         typer.echo(f"error: {r['error']}", err=True)
