@@ -2,8 +2,10 @@
 
 One run, same images, model, size and batch. The plain baseline is what a user would write:
 PIL + the model's torchvision transforms + the model in eval mode under torch.no_grad, batch
-32, one process. Features of each engine are compared with the baseline's. With --memory,
-peak resident memory of `transferkit extract` is measured at two dataset sizes.
+32, one process. Features of each engine are compared with the baseline's. transferkit's
+`--quantize int8` runs too (calibrated on 64 of the images; its one-off quantisation timed
+apart) and is compared by mean cosine similarity. With --memory, peak resident memory of
+`transferkit extract` is measured at two dataset sizes.
 
     python benchmarks/extract_speed.py --images 512 --models efficientnet_lite0
 """
@@ -25,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import cifar10_folder, command_line, record  # noqa: E402
 
 from transferkit import build_backbone  # noqa: E402
+from transferkit.data import LabelledImages  # noqa: E402
 from transferkit.engines import LayerFeatures, export_onnx, make_engine, resolve_engine  # noqa: E402
 from transferkit.features import extract_features  # noqa: E402
 
@@ -70,12 +73,28 @@ def onnxruntime_direct(backbone, transform, paths, batch_size, size, folder):
     return np.concatenate(features), time.perf_counter() - started
 
 
+def int8_extraction(backbone, paths, size, batch_size, cache):
+    """`--quantize int8` features of ``paths``, their seconds, and the one-off quantisation's seconds."""
+    calibration = LabelledImages(paths, np.zeros(len(paths), int), ["all"])
+    common = {"image_size": size, "batch_size": batch_size, "cache_dir": cache, "quantize": "int8", "calibration": calibration, "progress": False}
+    started = time.perf_counter()  # export + quantise + 8 images
+    extract_features(paths[:8], np.zeros(8, int), backbone, data_fingerprint="int8-warm-up", **common)
+    quantize_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    int8 = extract_features(paths, np.zeros(len(paths), int), backbone, data_fingerprint=f"bench-int8-{len(paths)}", **common)
+    return np.asarray(int8.features), time.perf_counter() - started, quantize_seconds
+
+
+def mean_cosine(a, b) -> float:
+    return float(np.mean(np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)))
+
+
 def speed(args) -> list[str]:
     folder = cifar10_folder()
     paths = sorted((folder / "test").glob("*/*.jpg"))[:: max(1, 10000 // args.images)][: args.images]
     lines = [f"{len(paths)} CIFAR-10 test images, batch {args.batch_size}, {torch.get_num_threads()} torch threads", "",
-             "| model | size | weights | plain PyTorch img/s | ONNX Runtime direct img/s | transferkit img/s | transferkit / plain | transferkit / ORT | one-off export s | max abs diff vs plain (transferkit, ORT) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "| model | size | weights | plain PyTorch img/s | ONNX Runtime direct img/s | transferkit img/s | transferkit / plain | transferkit / ORT | one-off export s | max abs diff vs plain (transferkit, ORT) | transferkit int8 img/s | int8 / plain | int8 / ORT | one-off int8 s | int8 cosine vs plain |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for name in args.models:
         pretrained = name == "efficientnet_lite0"
         backbone = build_backbone(name, pretrained=pretrained).eval()
@@ -97,11 +116,13 @@ def speed(args) -> list[str]:
             ours_seconds = time.perf_counter() - started
             difference = float(np.abs(np.asarray(ours.features) - baseline).max())
             ort_difference = float(np.abs(direct - baseline).max())
+            int8, int8_seconds, quantize_seconds = int8_extraction(backbone, paths, size, args.batch_size, tmp)
         n = len(paths)
         weights = "pretrained" if pretrained else "random init, BatchNorm calibrated"
         lines.append(
             f"| {name} | {size} | {weights} | {n / plain_seconds:.1f} | {n / ort_seconds:.1f} | {n / ours_seconds:.1f} | "
-            f"{plain_seconds / ours_seconds:.2f}x | {ort_seconds / ours_seconds:.2f}x | {export_seconds:.1f} | {difference:.1e}, {ort_difference:.1e} |"
+            f"{plain_seconds / ours_seconds:.2f}x | {ort_seconds / ours_seconds:.2f}x | {export_seconds:.1f} | {difference:.1e}, {ort_difference:.1e} | "
+            f"{n / int8_seconds:.1f} | {plain_seconds / int8_seconds:.2f}x | {ort_seconds / int8_seconds:.2f}x | {quantize_seconds:.1f} | {mean_cosine(int8, baseline):.3f} |"
         )
         print(lines[-1], flush=True)
     return lines

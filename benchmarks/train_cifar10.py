@@ -28,8 +28,10 @@ from transferkit.train import train  # noqa: E402
 CONFIGS = {
     "linear-100": {"strategy": "linear", "per_class": 100},
     "linear-100-flip": {"strategy": "linear", "per_class": 100, "flip_tta": True},
+    "linear-100-int8": {"strategy": "linear", "per_class": 100, "quantize": "int8"},
     "linear-500": {"strategy": "linear", "per_class": 500},
     "linear-500-flip": {"strategy": "linear", "per_class": 500, "flip_tta": True},
+    "linear-500-int8": {"strategy": "linear", "per_class": 500, "quantize": "int8"},
     "linear-full": {"strategy": "linear"},
     "linear-full-flip": {"strategy": "linear", "flip_tta": True},
     "mlp-full-flip": {"strategy": "mlp", "flip_tta": True},

@@ -223,6 +223,8 @@ CASES = [
     case("extract-cache-dir-is-a-file", ["extract", "{data}", *SMALL, "--cache-dir", "{notes_txt}"], "--cache-dir"),
     case("extract-batch-size-0", ["extract", "{data}", *X, "--batch-size", "0"], "--batch-size"),
     case("extract-unknown-engine", ["extract", "{data}", *X, "--engine", "tpu"], "unknown engine 'tpu'"),
+    case("extract-unknown-quantize", ["extract", "{data}", *X, "--quantize", "int4"], "unknown --quantize 'int4'"),
+    case("extract-int8-on-torch", ["extract", "{data}", *X, "--quantize", "int8", "--engine", "torch"], "--quantize int8 runs on ONNX Runtime"),
     case("extract-strict-corrupt-image", ["extract", "{with_corrupt}", *X, "--strict"], "could not be decoded"),
     case("extract-csv-no-label-column", ["extract", "{csvdir}/no_label.csv", *X], "has no label column"),
     case("extract-csv-empty-label", ["extract", "{csvdir}/empty_label.csv", *X], "line 3: empty label"),
@@ -239,6 +241,7 @@ CASES = [
     # train and advise
     case("train-unknown-strategy", ["train", "{data}", *T, "--strategy", "magic"], "unknown strategy 'magic'"),
     case("train-epochs-0", ["train", "{data}", *T, "--strategy", "finetune", "--epochs", "0"], "--epochs must be at least 1"),
+    case("train-finetune-int8", ["train", "{data}", *T, "--strategy", "finetune", "--quantize", "int8"], "--quantize applies to feature extraction"),
     case("train-batch-size-0", ["train", "{data}", *T, "--batch-size", "0"], "--batch-size must be at least 1"),
     case("train-per-class-0", ["train", "{data}", *T, "--per-class", "0"], "--per-class must be at least 1"),
     case("train-image-size-negative", ["train", "{data}", "--model", "resnet18", "--no-pretrained", "--image-size", "-5", "--out", "{tmp}/never"], "too small"),

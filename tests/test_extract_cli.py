@@ -53,6 +53,18 @@ def test_corrupt_images_are_skipped_and_reported_or_strict(folder, tmp_path):
     assert strict.exit_code == 1
 
 
+def test_int8_extraction_calibrates_every_split_on_the_training_split(folder, tmp_path):
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    float32 = json.loads(runner.invoke(app, ["extract", str(folder), *ARGS, *cache, "--json"]).stdout)
+    result = runner.invoke(app, ["extract", str(folder), *ARGS, *cache, "--quantize", "int8", "--json"])
+    assert result.exit_code == 0, result.output
+    int8 = json.loads(result.stdout)
+    assert [s["cache"] for s in int8["splits"]] == ["computed", "computed"]
+    assert {s["key"] for s in int8["splits"]}.isdisjoint(s["key"] for s in float32["splits"])
+    quantised = list((tmp_path / "cache" / "engines").glob("*-int8-*.onnx"))
+    assert len(quantised) == 1  # one network for train and val: calibrated on the training split
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

@@ -155,6 +155,35 @@ def test_onnxruntime_engine_matches_pytorch(tmp_path, images, resnet):
     np.testing.assert_allclose(flipped.features, _extract(images, resnet, tmp_path, engine="torch", flip_tta=True).features, atol=1e-3)
 
 
+def _mean_cosine(a, b):
+    return float(np.mean(np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
+
+
+def test_int8_extraction_agrees_with_float32_and_is_keyed_by_its_calibration(tmp_path, images, resnet):
+    from transferkit.data import LabelledImages
+    from transferkit.features import cache_key
+
+    float32 = _extract(images, resnet, tmp_path, engine="torch")
+    int8 = _extract(images, resnet, tmp_path, quantize="int8")  # auto means ONNX Runtime here, whatever the count
+    assert not int8.hit and int8.features.shape == float32.features.shape
+    assert not np.allclose(int8.features, float32.features, atol=1e-3)  # really quantised...
+    assert _mean_cosine(int8.features, float32.features) > 0.9  # ...and still the same features
+    assert len(list((tmp_path / "engines").glob("resnet18-*-penultimate-40-int8-*.onnx"))) == 1
+    assert _extract(images, resnet, tmp_path, quantize="int8").hit
+    # Calibrated on other images (the training split, for a val split), it is another network and another entry.
+    other = LabelledImages(images[0][:20], images[1][:20], ["a", "b", "c"])
+    recalibrated = _extract(images, resnet, tmp_path, quantize="int8", calibration=other)
+    assert not recalibrated.hit and len(list((tmp_path / "engines").glob("resnet18-*-int8-*.onnx"))) == 2
+    assert "quantize" not in cache_key(resnet, "penultimate", 40, "fp")[1]  # float32 entries keep their keys
+
+
+def test_int8_needs_onnxruntime_and_a_known_precision(tmp_path, images, resnet):
+    with pytest.raises(TransferkitError, match="ONNX Runtime"):
+        _extract(images, resnet, tmp_path, engine="torch", quantize="int8")
+    with pytest.raises(TransferkitError, match="unknown --quantize"):
+        _extract(images, resnet, tmp_path, quantize="int4")
+
+
 def test_unknown_engine(tmp_path, images, resnet):
     with pytest.raises(TransferkitError, match="unknown engine"):
         _extract(images, resnet, tmp_path, engine="tensorrt")

@@ -81,6 +81,16 @@ def test_flip_tta_averages_each_image_with_its_mirror():
         train("digits", None, strategy="finetune", flip_tta=True)
 
 
+def test_head_on_int8_features(tmp_path, colours, monkeypatch):
+    monkeypatch.setenv("TRANSFERKIT_CACHE", str(tmp_path / "cache"))
+    result = train(colours, tmp_path / "run", progress=False, strategy="linear", quantize="int8", **FAST)
+    assert result.metrics["summary"]["test_acc"] >= 0.75
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["quantize"] == "int8"
+    # train, val and test features all come from one int8 network, calibrated on the training split
+    assert len(list((tmp_path / "cache" / "engines").glob("*-int8-*.onnx"))) == 1
+    assert len(list((tmp_path / "cache" / "features").glob("*/meta.json"))) == 3
+
+
 def test_second_head_reuses_cached_features(tmp_path, colours):
     train(colours, tmp_path / "a", progress=False, strategy="linear", **FAST)
     second = train(colours, tmp_path / "b", progress=False, strategy="svm", **FAST)
@@ -127,6 +137,7 @@ def test_train_json_prints_final_metrics(tmp_path, colours):
         ({"layer": "stage9"}, "unknown layer"),
         ({"strategy": "finetune", "layer": "stage2"}, "--layer applies to heads"),
         ({"per_class": 0}, "--per-class"),
+        ({"strategy": "frozen", "quantize": "int8"}, "--quantize applies"),
     ],
 )
 def test_bad_options_are_clear(tmp_path, colours, options, message):

@@ -5,6 +5,9 @@ network (a backbone up to the requested layer, or a whole classifier) is exporte
 weights/layer/size, kept beside the feature cache, and checked against PyTorch on a sample
 batch before it is trusted: outputs must match to 1e-3, or the engine is refused with a clear
 message.
+With ``--quantize int8`` the export is further quantised by ONNX Runtime (static int8, ranges
+calibrated on a sample of the training images); its features are checked for agreement
+(cosine similarity) rather than equality.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import contextlib
 import io
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +28,8 @@ from transferkit.errors import TransferkitError
 
 ENGINES = ("auto", "torch", "onnxruntime")
 PARITY_ATOL = 1e-3
+QUANTIZATIONS = ("int8",)
+INT8_MIN_COSINE = 0.9  # mean cosine similarity of int8 and float32 features; measured ~0.92-0.98 on CIFAR-10
 
 
 class LayerFeatures(nn.Module):
@@ -59,12 +65,20 @@ class TorchEngine:
             return self.model(images).float().cpu().numpy()
 
 
+@dataclass(frozen=True)
+class Int8Calibration:
+    """Preprocessed images whose activations set the int8 ranges, and a name for them."""
+
+    images: torch.Tensor  # N x 3 x S x S
+    fingerprint: str  # of the images they were drawn from: names the quantised file
+
+
 class OnnxEngine:
-    """``model`` exported once to ``path`` and run by ONNX Runtime, after a parity check."""
+    """``model`` exported once to ``path`` (and quantised, with ``int8``), run by ONNX Runtime after a parity check."""
 
     name = "onnxruntime"
 
-    def __init__(self, model: nn.Module, image_size: int, path: Path):
+    def __init__(self, model: nn.Module, image_size: int, path: Path, int8: Int8Calibration | None = None):
         import onnxruntime
 
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -72,19 +86,63 @@ class OnnxEngine:
         sample = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
         if not path.is_file():
             export_onnx(model, sample, path, input_name="images", output_name="outputs")
+        if int8 is not None:
+            sample = int8.images
+            path = quantize_int8(path, int8)
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
         options.log_severity_level = 3
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         with torch.inference_mode():
             expected = model(sample).numpy()
-        difference = float(np.abs(self(sample) - expected).max())
+        got = self(sample)
+        if int8 is not None:
+            cosine = float(np.mean(np.sum(got * expected, 1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(expected, axis=1) + 1e-12)))
+            if cosine < INT8_MIN_COSINE:
+                path.unlink(missing_ok=True)
+                raise TransferkitError(f"int8 quantisation changes the features of {path.stem} too much (mean cosine similarity {cosine:.2f} < {INT8_MIN_COSINE}); extract without --quantize")
+            return
+        difference = float(np.abs(got - expected).max())
         if difference > PARITY_ATOL:
             path.unlink(missing_ok=True)
             raise TransferkitError(f"ONNX Runtime's outputs for {path.stem} differ from PyTorch's by {difference:.1e}; use --engine torch")
 
     def __call__(self, images: torch.Tensor) -> np.ndarray:
         return self.session.run(None, {"images": images.numpy()})[0]
+
+
+def quantize_int8(path: Path, int8: Int8Calibration) -> Path:
+    """ONNX Runtime's static quantisation of the export at ``path``; returns the int8 file.
+
+    Weights per channel in 7 bits (``reduce_range``): CPUs without VNNI multiply uint8 x int8
+    pairs into saturating 16-bit sums: for EfficientNet-Lite0 on CIFAR-10 the mean cosine
+    similarity to float32 features is 0.87 with 8-bit weights, 0.94 with 7.
+    """
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    target = path.with_name(f"{path.stem}-int8-{int8.fingerprint[:12]}.onnx")
+    if target.is_file():
+        return target
+    batches = iter([{"images": chunk.numpy()} for chunk in int8.images.split(16)])
+
+    class Reader(CalibrationDataReader):
+        def get_next(self):
+            return next(batches, None)
+
+    prepared = path.with_name(f"{target.name}.{os.getpid()}.pre.tmp")
+    tmp = path.with_name(f"{target.name}.{os.getpid()}.tmp")
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            quant_pre_process(str(path), str(prepared), skip_symbolic_shape=True)
+            quantize_static(str(prepared), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)  # fmt: skip
+        os.replace(tmp, target)
+    finally:
+        prepared.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
+    return target
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, *, input_name: str, output_name: str) -> None:
@@ -133,11 +191,19 @@ def _channels_last(backbone: Backbone) -> bool:
     return backbone.spec.source != "transferkit"  # faster for the library convnets
 
 
-def make_engine(name: str, backbone: Backbone, layer: str, image_size: int, folder: Path, device=None, flip_tta: bool = False):
-    """The features of ``backbone`` at ``layer`` as an engine (images in, numpy features out)."""
+def make_engine(name: str, backbone: Backbone, layer: str, image_size: int, folder: Path, device=None, flip_tta: bool = False,
+                int8: Int8Calibration | None = None):  # fmt: skip
+    """The features of ``backbone`` at ``layer`` as an engine (images in, numpy features out).
+
+    ``int8``: quantise the ONNX Runtime engine, calibrated on those images (CPU only).
+    """
     model = LayerFeatures(backbone, layer, flip_tta)
-    if resolve_engine(name) == "onnxruntime" and (device is None or torch.device(device).type == "cpu"):
-        return OnnxEngine(model, image_size, folder / f"{backbone.spec.name}-{backbone.weights_digest}-{layer}{'-flip' if flip_tta else ''}-{image_size}.onnx")
+    on_cpu = device is None or torch.device(device).type == "cpu"
+    if int8 is not None and not (on_cpu and resolve_engine(name) == "onnxruntime"):
+        raise TransferkitError("--quantize int8 runs on ONNX Runtime on the CPU: use --engine auto or onnxruntime, without GPU devices")
+    if resolve_engine(name) == "onnxruntime" and on_cpu:
+        path = folder / f"{backbone.spec.name}-{backbone.weights_digest}-{layer}{'-flip' if flip_tta else ''}-{image_size}.onnx"
+        return OnnxEngine(model, image_size, path, int8)
     return TorchEngine(model, device, _channels_last(backbone))
 
 

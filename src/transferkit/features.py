@@ -65,8 +65,11 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
 
 
 def cache_key(backbone: Backbone, layer: str, image_size: int | None, data_fingerprint: str, engine: str = "torch",
-              flip_tta: bool = False) -> tuple[str, dict]:  # fmt: skip
-    """A content address for the features, and the description it was derived from."""
+              flip_tta: bool = False, int8_calibration: str | None = None) -> tuple[str, dict]:  # fmt: skip
+    """A content address for the features, and the description it was derived from.
+
+    ``int8_calibration``: the fingerprint of the images an int8 engine was calibrated on.
+    """
     description = {
         "version": CACHE_VERSION,
         "backbone": backbone.spec.name,
@@ -77,6 +80,8 @@ def cache_key(backbone: Backbone, layer: str, image_size: int | None, data_finge
         "data": data_fingerprint,
         "engine": engine,  # engines agree to 1e-3, not bit for bit
     }
+    if int8_calibration is not None:  # only then, so that float32 entries keep their keys
+        description["quantize"] = {"int8": int8_calibration}
     key = hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:24]
     return key, description
 
@@ -230,6 +235,8 @@ def extract_features(
     description: dict | None = None,
     fabric=None,
     flip_tta: bool = False,
+    quantize: str | None = None,
+    calibration=None,
 ) -> CachedFeatures:
     """Features of ``samples`` at ``layer``, from the cache or computed (and cached) now.
 
@@ -238,6 +245,9 @@ def extract_features(
     and gives bit-identical features.  Under DDP (a launched ``lightning.Fabric``), process
     ``r`` of ``w`` computes chunks ``r, r + w, ...`` into the same entry and rank 0 finalises.
     ``flip_tta``: each image's features averaged with its mirror image's (twice the work).
+    ``quantize="int8"``: extract with ONNX Runtime's static int8 quantisation, its ranges
+    calibrated on ``calibration`` (a :class:`~transferkit.data.LabelledImages`, normally the
+    training split, so that every split sees the same network; default: ``samples`` themselves).
     """
     if isinstance(backbone, str):
         backbone = build_backbone(backbone)
@@ -248,11 +258,14 @@ def extract_features(
         from transferkit.backbones import parse_layer
 
         parse_layer(layer, backbone.spec)
-    from transferkit.engines import resolve_engine
+    from transferkit.engines import QUANTIZATIONS, resolve_engine
 
     labels = np.asarray(labels, dtype=np.int64)
-    engine = resolve_engine(engine, len(samples))
-    key, key_description = cache_key(backbone, layer, image_size, data_fingerprint, engine, flip_tta)
+    if quantize not in (None, *QUANTIZATIONS):
+        raise TransferkitError(f"unknown --quantize {quantize!r}: use {' or '.join(QUANTIZATIONS)}")
+    engine = resolve_engine("onnxruntime" if quantize and engine == "auto" else engine, len(samples))
+    int8_print = (calibration.fingerprint() if calibration is not None else data_fingerprint) if quantize else None
+    key, key_description = cache_key(backbone, layer, image_size, data_fingerprint, engine, flip_tta, int8_print)
     root = cache_root(cache_dir)
     path = root / key
     root.mkdir(parents=True, exist_ok=True)
@@ -279,7 +292,9 @@ def extract_features(
 
             size = backbone.spec.check_image_size(image_size)
             device = fabric.device if fabric is not None else None
-            run = make_engine(engine, backbone, layer, size, root.parent / "engines", device=device, flip_tta=flip_tta)
+            calibration_sources = calibration.samples if calibration is not None else samples
+            int8 = _int8_calibration(calibration_sources, int8_print, backbone.transform(image_size)) if quantize else None
+            run = make_engine(engine, backbone, layer, size, root.parent / "engines", device=device, flip_tta=flip_tta, int8=int8)
             with _disk_errors(root):
                 _compute_chunks(run, backbone.transform(image_size), samples, order, todo, chunk_size, partial, batch_size, num_workers, progress, len(done))
         if fabric is not None:
@@ -294,6 +309,20 @@ def extract_features(
     entry.seconds = time.perf_counter() - started
     entry.failures = failures
     return entry
+
+
+CALIBRATION_IMAGES = 64
+
+
+def _int8_calibration(sources: Sequence[ImageSource], fingerprint: str, transform):
+    """Up to 64 images spread evenly over ``sources`` (the same ones on every run), preprocessed."""
+    from transferkit.engines import Int8Calibration
+
+    picked = np.unique(np.linspace(0, len(sources) - 1, min(CALIBRATION_IMAGES, len(sources))).round().astype(int))
+    images = [b.images for b in iterate_batches([sources[i] for i in picked], transform, batch_size=len(picked), num_workers=0) if b.images is not None]
+    if not images:
+        raise TransferkitError("no calibration image for --quantize int8 could be decoded")
+    return Int8Calibration(torch.cat(images), fingerprint)
 
 
 def _compute_chunks(engine, transform, samples, order, todo, chunk_size, partial, batch_size, num_workers, progress, n_done) -> None:

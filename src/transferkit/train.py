@@ -32,6 +32,7 @@ class TrainOptions:
     strategy: str = "linear"
     layer: str = "penultimate"
     flip_tta: bool = False
+    quantize: str | None = None
     kernel: str = "linear"
     image_size: int | None = None
     batch_size: int = 32
@@ -87,6 +88,8 @@ class TrainOptions:
             raise TransferkitError(f"--layer applies to heads on features ({', '.join(FEATURE_STRATEGIES)}), not to {self.strategy}")
         if self.flip_tta and self.strategy in END_TO_END_STRATEGIES:
             raise TransferkitError(f"--flip-tta applies to heads on features ({', '.join(FEATURE_STRATEGIES)}), not to {self.strategy}")
+        if self.quantize is not None and self.strategy in END_TO_END_STRATEGIES:
+            raise TransferkitError(f"--quantize applies to feature extraction ({', '.join(FEATURE_STRATEGIES)}), not to {self.strategy}")
 
 
 class _NotRankZero(Exception):
@@ -166,14 +169,15 @@ def _backbone(opts: TrainOptions):
     return build_backbone(opts.model, pretrained=pretrained, weights=opts.weights if pretrained else None, trust_pickle=opts.trust_pickle, seed=opts.seed)
 
 
-def _extract(backbone, images, opts: TrainOptions, split: str, dataset_name: str, progress: bool):
+def _extract(backbone, images, opts: TrainOptions, split: str, dataset_name: str, progress: bool, train_set):
+    """Features of ``images``; an int8 engine is calibrated on ``train_set`` for every split."""
     from transferkit.features import extract_features
 
     return extract_features(
         images.samples, images.labels, backbone, data_fingerprint=images.fingerprint(), layer=opts.layer,
         image_size=opts.image_size, batch_size=opts.batch_size, num_workers=opts.num_workers, cache_dir=opts.cache_dir,
         engine=opts.engine, progress=f"extract {split}" if progress else False, description={"dataset": dataset_name, "split": split},
-        flip_tta=opts.flip_tta,
+        flip_tta=opts.flip_tta, quantize=opts.quantize, calibration=train_set,
     )  # fmt: skip
 
 
@@ -184,7 +188,7 @@ def _train_head(dataset, train_set, opts: TrainOptions, progress: bool):
 
     backbone = _backbone(opts)
     started = time.perf_counter()
-    train_features = _extract(backbone, train_set, opts, "train", dataset.name, progress)
+    train_features = _extract(backbone, train_set, opts, "train", dataset.name, progress, train_set)
     extract_seconds = time.perf_counter() - started
     X, y = train_features.usable()
     head = make_head(opts.strategy, kernel=opts.kernel, seed=opts.seed, **({"dropout": max(opts.dropout, 0.0)} if opts.strategy == "mlp" else {}))
@@ -198,7 +202,7 @@ def _train_head(dataset, train_set, opts: TrainOptions, progress: bool):
     for split in ("val", "test"):
         images = dataset.splits.get(split)
         if images is not None and len(images):
-            evaluated[split] = _extract(backbone, images, opts, split, dataset.name, progress).usable()
+            evaluated[split] = _extract(backbone, images, opts, split, dataset.name, progress, train_set).usable()
             with torch.inference_mode():
                 scores = module(torch.as_tensor(np.asarray(evaluated[split][0])))
             predictions[split] = (evaluated[split][1], scores.argmax(1).numpy())

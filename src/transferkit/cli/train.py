@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from transferkit.cli._app import ALLOW_OUTSIDE_ROOT, ENGINE, JSON, MODEL, NO_PRETRAINED, TRUST_PICKLE, WEIGHTS, command, print_json
-from transferkit.cli.extract import CACHE_DIR, FLIP_TTA, LAYER
+from transferkit.cli.extract import CACHE_DIR, FLIP_TTA, LAYER, QUANTIZE
 from transferkit.train import STRATEGIES
 
 
@@ -19,6 +19,7 @@ def train(
     out: Path = typer.Option(None, "--out", "-o", help="Run folder (default runs/<data>-<model>-<strategy>)."),
     layer: str = LAYER,
     flip_tta: bool = FLIP_TTA,
+    quantize: str = QUANTIZE,
     kernel: str = typer.Option("linear", "--kernel", help="svm: linear or rbf."),
     epochs: int = typer.Option(10, "--epochs"),
     lr: float = typer.Option(1e-3, "--lr", help="Learning rate of the head."),
@@ -55,7 +56,7 @@ def train(
     from transferkit.train import train as run_train
 
     result = run_train(
-        data, out, resume=resume, progress=True, model=model, strategy=strategy, layer=layer, flip_tta=flip_tta, kernel=kernel, epochs=epochs,
+        data, out, resume=resume, progress=True, model=model, strategy=strategy, layer=layer, flip_tta=flip_tta, quantize=quantize, kernel=kernel, epochs=epochs,
         lr=lr, batch_size=batch_size, image_size=image_size, weight_decay=weight_decay, dropout=dropout,
         label_smoothing=label_smoothing, augment=augment, patience=patience, balance=balance, unfreeze=unfreeze,
         backbone_lr_mult=backbone_lr_mult, head_epochs=head_epochs, gradual=gradual, per_class=per_class, seed=seed,
