@@ -6,8 +6,10 @@ import torch
 from sklearn.base import clone
 from sklearn.datasets import make_classification
 from sklearn.exceptions import NotFittedError
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
-from transferkit.heads import SCALINGS, LinearHead, MLPHead, PowerL2Norm, SVMHead, make_head, power_l2
+from transferkit.heads import SCALINGS, _pick_c, LinearHead, MLPHead, PowerL2Norm, SVMHead, make_head, power_l2
 
 
 @pytest.fixture(scope="module")
@@ -67,3 +69,12 @@ def test_power_l2_norm_matches_numpy():
 def test_unknown_head():
     with pytest.raises(ValueError, match="unknown head"):
         make_head("tree")
+
+
+def test_warm_started_c_path_chooses_as_a_grid_search_does(blobs):
+    X, y = blobs
+    grid = [10.0, 1e-3, 0.1, 1e-2, 1.0]  # any order: the path sorts it
+    chosen, score = _pick_c(LogisticRegression(max_iter=1000), X, y, grid, cv_max_samples=5000, seed=0)
+    search = GridSearchCV(LogisticRegression(max_iter=1000), {"C": grid}, cv=StratifiedKFold(3, shuffle=True, random_state=0)).fit(X, y)
+    assert chosen == search.best_params_["C"]
+    assert score == pytest.approx(search.best_score_, abs=0.01)
