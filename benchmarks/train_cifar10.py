@@ -35,6 +35,7 @@ CONFIGS = {
     "linear-full": {"strategy": "linear"},
     "linear-full-flip": {"strategy": "linear", "flip_tta": True},
     "mlp-full-flip": {"strategy": "mlp", "flip_tta": True},
+    "linear-full-flip-288": {"strategy": "linear", "flip_tta": True, "image_size": 288},
     "linear-500-128": {"strategy": "linear", "per_class": 500, "image_size": 128},
     "finetune-500": {"strategy": "finetune", "per_class": 500, "image_size": 128, "epochs": 8, "lr": 3e-3, "augment": "light", "batch_size": 64},
     "finetune-full-64": {"strategy": "finetune", "image_size": 64, "epochs": 4, "lr": 3e-3, "augment": "light", "batch_size": 64},
