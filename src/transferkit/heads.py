@@ -36,8 +36,8 @@ def _pick_c(estimator, X, y, grid, cv_max_samples, seed) -> tuple[float, float]:
     """Choose C by stratified cross-validation on at most ``cv_max_samples`` rows: (C, its score).
 
     Estimators that can warm-start (logistic regression) fit each fold along ascending C, each
-    fit starting from the previous solution: on 5,000 CIFAR-10 feature rows that halves the
-    time of fitting every C from scratch, for the same choice.
+    fit starting from the previous solution: on a full CIFAR-10 head (5,000 rows, two scalings)
+    that takes the search from about 90 s to 65 s, for the same choice.
     """
     if len(X) > cv_max_samples:
         rng = np.random.default_rng(seed)
