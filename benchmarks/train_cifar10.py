@@ -35,6 +35,8 @@ CONFIGS = {
     "linear-full": {"strategy": "linear"},
     "linear-full-flip": {"strategy": "linear", "flip_tta": True},
     "mlp-full-flip": {"strategy": "mlp", "flip_tta": True},
+    "mlp-full-flip-d5": {"strategy": "mlp", "flip_tta": True, "dropout": 0.5},
+    "mlp-full-flip-d5-seed1": {"strategy": "mlp", "flip_tta": True, "dropout": 0.5, "seed": 1},
     "linear-full-flip-288": {"strategy": "linear", "flip_tta": True, "image_size": 288},
     "linear-500-128": {"strategy": "linear", "per_class": 500, "image_size": 128},
     "finetune-500": {"strategy": "finetune", "per_class": 500, "image_size": 128, "epochs": 8, "lr": 3e-3, "augment": "light", "batch_size": 64},

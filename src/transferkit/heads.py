@@ -226,9 +226,13 @@ class RBFFeatures(nn.Module):
 
 
 class MLPHead(ClassifierMixin, BaseEstimator):
-    """A hidden layer with dropout on standardised features, trained with AdamW in torch."""
+    """A hidden layer with dropout on standardised features, trained with AdamW in torch.
 
-    def __init__(self, hidden: int = 512, dropout: float = 0.5, lr: float = 1e-3, weight_decay: float = 1e-4, epochs: int = 60, batch_size: int = 256, min_steps: int = 500, random_state: int = 0):
+    10 epochs (at least ``min_steps`` steps): on Lite0 features of CIFAR-10 that matches or beats
+    60 epochs at 100 and 500 images per class and on all 49,000, where it takes 30 s, not 170 s.
+    """
+
+    def __init__(self, hidden: int = 512, dropout: float = 0.5, lr: float = 1e-3, weight_decay: float = 1e-4, epochs: int = 10, batch_size: int = 256, min_steps: int = 500, random_state: int = 0):
         self.hidden = hidden
         self.min_steps = min_steps
         self.dropout = dropout
