@@ -28,7 +28,7 @@ from _common import cifar10_folder, command_line, record  # noqa: E402
 
 from transferkit import build_backbone  # noqa: E402
 from transferkit.data import LabelledImages  # noqa: E402
-from transferkit.engines import LayerFeatures, export_onnx, make_engine, resolve_engine  # noqa: E402
+from transferkit.engines import LayerFeatures, export_onnx, make_engine, mean_cosine, resolve_engine  # noqa: E402
 from transferkit.features import extract_features  # noqa: E402
 
 
@@ -83,10 +83,6 @@ def int8_extraction(backbone, paths, size, batch_size, cache):
     started = time.perf_counter()
     int8 = extract_features(paths, np.zeros(len(paths), int), backbone, data_fingerprint=f"bench-int8-{len(paths)}", **common)
     return np.asarray(int8.features), time.perf_counter() - started, quantize_seconds
-
-
-def mean_cosine(a, b) -> float:
-    return float(np.mean(np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)))
 
 
 def speed(args) -> list[str]:

@@ -58,6 +58,11 @@ class BackboneSpec:
         return self.weights is not None or self.embedded
 
     @property
+    def channels_last(self) -> bool:
+        """Whether NHWC memory runs faster: the library convnets, not transferkit's own small networks."""
+        return self.source != "transferkit"
+
+    @property
     def categories(self) -> list[str] | None:
         if self.num_classes != 1000:
             return None

@@ -97,7 +97,7 @@ class OnnxEngine:
             expected = model(sample).numpy()
         got = self(sample)
         if int8 is not None:
-            cosine = float(np.mean(np.sum(got * expected, 1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(expected, axis=1) + 1e-12)))
+            cosine = mean_cosine(got, expected)
             if cosine < INT8_MIN_COSINE:
                 path.unlink(missing_ok=True)
                 raise TransferkitError(f"int8 quantisation changes the features of {path.stem} too much (mean cosine similarity {cosine:.2f} < {INT8_MIN_COSINE}); extract without --quantize")
@@ -109,6 +109,11 @@ class OnnxEngine:
 
     def __call__(self, images: torch.Tensor) -> np.ndarray:
         return self.session.run(None, {"images": images.numpy()})[0]
+
+
+def mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean over rows of the cosine similarity of ``a``'s and ``b``'s feature vectors."""
+    return float(np.mean(np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)))
 
 
 def quantize_int8(path: Path, int8: Int8Calibration) -> Path:
@@ -187,10 +192,6 @@ def resolve_engine(name: str, n_images: int | None = None) -> str:
     return name
 
 
-def _channels_last(backbone: Backbone) -> bool:
-    return backbone.spec.source != "transferkit"  # faster for the library convnets
-
-
 def make_engine(name: str, backbone: Backbone, layer: str, image_size: int, folder: Path, device=None, flip_tta: bool = False,
                 int8: Int8Calibration | None = None):  # fmt: skip
     """The features of ``backbone`` at ``layer`` as an engine (images in, numpy features out).
@@ -204,7 +205,7 @@ def make_engine(name: str, backbone: Backbone, layer: str, image_size: int, fold
     if resolve_engine(name) == "onnxruntime" and on_cpu:
         path = folder / f"{backbone.spec.name}-{backbone.weights_digest}-{layer}{'-flip' if flip_tta else ''}-{image_size}.onnx"
         return OnnxEngine(model, image_size, path, int8)
-    return TorchEngine(model, device, _channels_last(backbone))
+    return TorchEngine(model, device, backbone.spec.channels_last)
 
 
 def scoring_engine(name: str, model: nn.Module, backbone: Backbone, image_size: int, n_images: int, key: str):
@@ -217,4 +218,4 @@ def scoring_engine(name: str, model: nn.Module, backbone: Backbone, image_size: 
         from transferkit.features import cache_root
 
         return OnnxEngine(model, image_size, cache_root().parent / "engines" / f"{key}-{image_size}.onnx")
-    return TorchEngine(model, None, _channels_last(backbone))
+    return TorchEngine(model, None, backbone.spec.channels_last)

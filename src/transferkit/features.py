@@ -292,11 +292,12 @@ def extract_features(
 
             size = backbone.spec.check_image_size(image_size)
             device = fabric.device if fabric is not None else None
+            transform = backbone.transform(image_size)
             calibration_sources = calibration.samples if calibration is not None else samples
-            int8 = _int8_calibration(calibration_sources, int8_print, backbone.transform(image_size)) if quantize else None
+            int8 = _int8_calibration(calibration_sources, int8_print, transform) if quantize else None
             run = make_engine(engine, backbone, layer, size, root.parent / "engines", device=device, flip_tta=flip_tta, int8=int8)
             with _disk_errors(root):
-                _compute_chunks(run, backbone.transform(image_size), samples, order, todo, chunk_size, partial, batch_size, num_workers, progress, len(done))
+                _compute_chunks(run, transform, samples, order, todo, chunk_size, partial, batch_size, num_workers, progress, len(done))
         if fabric is not None:
             fabric.barrier()  # every shard is on disk
         with _disk_errors(root):

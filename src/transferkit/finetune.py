@@ -176,18 +176,22 @@ class ImageClassifier(L.LightningModule):
             return [self.backbone.body]  # a fixed feature extractor: its dropout is off too
         return [m for group in self.backbone.layer_groups() for m in group if not any(p.requires_grad for p in m.parameters())]
 
-    def on_fit_start(self) -> None:
+    @property
+    def memory_format(self) -> torch.memory_format:
         # Channels-last (NHWC) spares oneDNN's convolutions their layout conversions: a training step
         # at 64 px is 1.18x faster for Lite0, 1.11x for ResNet-50 on a 2-core AVX2 CPU
         # (benchmarks/train_speed.py).  fit() gives the backbone back in the default layout.
-        self.backbone.to(memory_format=torch.channels_last)
+        return torch.channels_last if self.backbone.spec.channels_last else torch.contiguous_format
+
+    def on_fit_start(self) -> None:
+        self.backbone.to(memory_format=self.memory_format)
 
     def _step(self, batch, split: str):
         images, labels, failures = batch
         self.failures[split].update(failures)
         if images is None:
             return None  # every image of the batch failed to decode: Lightning skips the step
-        logits = self.backbone(images.contiguous(memory_format=torch.channels_last))
+        logits = self.backbone(images.contiguous(memory_format=self.memory_format))
         if split == "train":
             loss = F.cross_entropy(logits, labels, weight=self.class_weights, label_smoothing=self.config.label_smoothing)
         else:  # the plain loss, comparable whatever the weighting and smoothing
