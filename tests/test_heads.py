@@ -20,8 +20,9 @@ def blobs():
 
 @pytest.mark.parametrize(
     "head",
-    [LinearHead(scaling="standard"), LinearHead(scaling="power-l2"), SVMHead(), SVMHead(kernel="rbf", n_components=100), MLPHead(hidden=32, epochs=30)],
-    ids=["linear", "linear-power-l2", "svm", "svm-rbf", "mlp"],
+    [LinearHead(scaling="standard"), LinearHead(scaling="power-l2"), SVMHead(), SVMHead(kernel="rbf", n_components=100),
+     MLPHead(hidden=32, epochs=30), MLPHead(hidden=32, epochs=30, scaling="standard")],
+    ids=["linear", "linear-power-l2", "svm", "svm-rbf", "mlp", "mlp-standard"],
 )
 def test_head_learns_and_folds_into_torch(blobs, head):
     X, y = blobs
@@ -56,8 +57,9 @@ def test_cross_validation_picks_scaling_and_c(blobs):
     assert head.scaling_ == "power-l2" and head.C_ in LinearHead.C_GRIDS["power-l2"]
     head = LinearHead(C=0.5).fit(X, y)
     assert (head.C_, head.scaling_) == (0.5, "standard")
-    with pytest.raises(ValueError, match="scaling must be one of"):
-        LinearHead(scaling="minmax").fit(X, y)
+    for head in (LinearHead(scaling="minmax"), MLPHead(scaling="minmax")):
+        with pytest.raises(ValueError, match="scaling must be one of"):
+            head.fit(X, y)
 
 
 def test_power_l2_norm_matches_numpy():

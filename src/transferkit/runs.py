@@ -53,6 +53,10 @@ def build_head(description: dict) -> nn.Module:
         from transferkit.heads import PowerL2Norm
 
         return nn.Sequential(PowerL2Norm(), nn.Linear(dims[0], dims[1]))
+    if kind == "power-l2-mlp":
+        from transferkit.heads import PowerL2Norm
+
+        return nn.Sequential(PowerL2Norm(), nn.Linear(dims[0], dims[1]), nn.ReLU(), nn.Linear(dims[1], dims[2]))
     if kind == "dropout-linear":
         return nn.Sequential(nn.Dropout(description.get("dropout", 0.0)), nn.Linear(dims[0], dims[1]))
     if kind == "rbf":
@@ -69,8 +73,10 @@ def describe_head(head: nn.Module) -> dict:
     if isinstance(head, nn.Linear):
         return {"type": "linear", "dims": [head.in_features, head.out_features]}
     layers = list(head)
-    if isinstance(layers[0], PowerL2Norm):
+    if isinstance(layers[0], PowerL2Norm) and len(layers) == 2:
         return {"type": "power-l2-linear", "dims": [layers[1].in_features, layers[1].out_features]}
+    if isinstance(layers[0], PowerL2Norm):
+        return {"type": "power-l2-mlp", "dims": [layers[1].in_features, layers[1].out_features, layers[3].out_features]}
     if isinstance(layers[0], nn.Dropout):
         return {"type": "dropout-linear", "dims": [layers[1].in_features, layers[1].out_features], "dropout": layers[0].p}
     if isinstance(layers[0], RBFFeatures):

@@ -39,7 +39,7 @@ class TrainOptions:
     epochs: int = 10
     lr: float = 1e-3
     weight_decay: float = 1e-4
-    dropout: float = 0.2
+    dropout: float | None = None  # None: each head's own default (0.2 end to end, 0.5 in the MLP head)
     label_smoothing: float = 0.0
     augment: str = "light"
     patience: int | None = None
@@ -70,7 +70,7 @@ class TrainOptions:
         for name in ("batch_size", "epochs"):
             if getattr(self, name) < 1:
                 raise TransferkitError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.lr < 0 or self.weight_decay < 0 or not 0 <= self.dropout < 1 or not 0 <= self.label_smoothing < 1:
+        if self.lr < 0 or self.weight_decay < 0 or not 0 <= (self.dropout or 0) < 1 or not 0 <= self.label_smoothing < 1:
             raise TransferkitError("--lr and --weight-decay must be >= 0; --dropout and --label-smoothing in [0, 1)")
         if self.per_class is not None and self.per_class < 1:
             raise TransferkitError(f"--per-class must be at least 1, got {self.per_class}")
@@ -191,7 +191,7 @@ def _train_head(dataset, train_set, opts: TrainOptions, progress: bool):
     train_features = _extract(backbone, train_set, opts, "train", dataset.name, progress, train_set)
     extract_seconds = time.perf_counter() - started
     X, y = train_features.usable()
-    head = make_head(opts.strategy, kernel=opts.kernel, seed=opts.seed, **({"dropout": max(opts.dropout, 0.0)} if opts.strategy == "mlp" else {}))
+    head = make_head(opts.strategy, kernel=opts.kernel, seed=opts.seed, **({"dropout": opts.dropout} if opts.strategy == "mlp" and opts.dropout is not None else {}))
     started = time.perf_counter()
     head.fit(X, y)
     train_seconds = time.perf_counter() - started
@@ -251,7 +251,7 @@ def _train_end_to_end(dataset, train_set, opts: TrainOptions, run_dir: Path, res
     backbone = _backbone(opts)
     config = FitConfig(
         strategy=opts.strategy, epochs=opts.epochs, lr=opts.lr, batch_size=opts.batch_size, weight_decay=opts.weight_decay,
-        dropout=opts.dropout, label_smoothing=opts.label_smoothing, augment=opts.augment, patience=opts.patience,
+        dropout=FitConfig.dropout if opts.dropout is None else opts.dropout, label_smoothing=opts.label_smoothing, augment=opts.augment, patience=opts.patience,
         unfreeze=opts.unfreeze if opts.unfreeze == "all" else int(opts.unfreeze), backbone_lr_mult=opts.backbone_lr_mult,
         head_epochs=opts.head_epochs, gradual=opts.gradual, image_size=opts.image_size, balance=opts.balance, seed=opts.seed,
         devices=int(opts.devices) if str(opts.devices).isdigit() else opts.devices, num_nodes=opts.num_nodes,

@@ -26,7 +26,7 @@ def train(
     batch_size: int = typer.Option(32, "--batch-size"),
     image_size: int = typer.Option(None, "--image-size", help="Input size (default: the backbone's)."),
     weight_decay: float = typer.Option(1e-4, "--weight-decay"),
-    dropout: float = typer.Option(0.2, "--dropout", help="Dropout before the new head."),
+    dropout: float = typer.Option(None, "--dropout", help="Dropout before an end-to-end head (default 0.2); in the mlp head's hidden layer (default 0.5)."),
     label_smoothing: float = typer.Option(0.0, "--label-smoothing"),
     augment: str = typer.Option("light", "--augment", help="none | light | strong (end-to-end strategies)."),
     patience: int = typer.Option(None, "--patience", help="Stop after this many epochs without val improvement."),
