@@ -42,6 +42,7 @@ CONFIGS = {
     "mlp-full-flip-d5-seed1": {"strategy": "mlp", "flip_tta": True, "dropout": 0.5, "seed": 1},
     "linear-full-flip-288": {"strategy": "linear", "flip_tta": True, "image_size": 288},
     "linear-500-128": {"strategy": "linear", "per_class": 500, "image_size": 128},
+    "finetune-500-e10-ls": {"strategy": "finetune", "per_class": 500, "image_size": 128, "epochs": 10, "lr": 3e-3, "augment": "light", "batch_size": 64, "label_smoothing": 0.1},
     "finetune-500": {"strategy": "finetune", "per_class": 500, "image_size": 128, "epochs": 8, "lr": 3e-3, "augment": "light", "batch_size": 64},
     "finetune-full-64": {"strategy": "finetune", "image_size": 64, "epochs": 4, "lr": 3e-3, "augment": "light", "batch_size": 64},
 }
@@ -51,6 +52,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("configs", nargs="+", choices=sorted(CONFIGS))
     parser.add_argument("--model", default="efficientnet_lite0")
+    parser.add_argument("--keep-runs", metavar="DIR", help="keep each run folder under DIR (default: a temporary folder)")
     args = parser.parse_args()
     dataset = load_data(str(cifar10_folder()))
     # Validation needs only 100 images per class; the rest of the held-out 10,000 go back to training.
@@ -64,9 +66,9 @@ def main() -> None:
     lines = ["| config | options | train images | test acc | wall s | features cached | head chosen |", "|---|---|---|---|---|---|---|"]
     for name in args.configs:
         options = {"model": args.model, "cache_dir": str(ROOT / ".data" / "bench-cache"), **CONFIGS[name]}
-        with tempfile.TemporaryDirectory() as out:
+        with tempfile.TemporaryDirectory() as scratch:
             started = time.perf_counter()
-            result = train(dataset, Path(out) / name, progress=False, **options)
+            result = train(dataset, Path(args.keep_runs or scratch) / name, progress=False, **options)
             seconds = time.perf_counter() - started
         summary = result.metrics["summary"]
         shown = ", ".join(f"{k}={v}" for k, v in CONFIGS[name].items())

@@ -111,6 +111,13 @@ def test_compare_cli_rejects_unknown_strategy(stripes, tmp_path):
     assert result.exit_code == 1 and "unknown strategy 'boost'" in result.stderr
 
 
+def test_compare_cli_fails_when_every_cell_fails(stripes, tmp_path):
+    # resnet50's weights are not on this machine: the only cell fails, so the command does too.
+    result = runner.invoke(app, ["compare", str(stripes), "--models", "resnet50", "--out", str(tmp_path / "cmp"), "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 1 and "every cell failed" in result.stderr and "no pretrained weights for resnet50" in result.stderr
+    assert (tmp_path / "cmp" / "leaderboard.md").is_file()
+
+
 def test_real_advice_on_digits_prefers_an_earlier_stage(tmp_path):
     """Digits are unlike ImageNet: the embedded Lite0's earlier stage beats its last layer."""
     advice = advise("digits", image_sizes=(64,), sample_per_class=30, cache_dir=tmp_path, progress=False)

@@ -8,6 +8,7 @@ import typer
 
 from transferkit.cli._app import ALLOW_OUTSIDE_ROOT, JSON, TRUST_PICKLE, command, print_json
 from transferkit.cli.extract import CACHE_DIR
+from transferkit.errors import TransferkitError
 
 
 def _split(value: str) -> list[str]:
@@ -45,3 +46,5 @@ def compare(
         print_json(rows)
     else:
         typer.echo((out / "leaderboard.md").read_text())
+    if rows and all(r["status"] == "failed" for r in rows):  # nothing to compare: scripts must see it
+        raise TransferkitError(f"every cell failed (first: {rows[0]['reason']}); the reasons are in {out / 'leaderboard.md'}")
