@@ -4,7 +4,7 @@
 
 Each configuration is one `transferkit.train` call on the CIFAR-10 JPEG folders (50,000
 train, 10,000 test), timed as a whole (extraction, training, evaluation). The feature cache
-is the benchmark's own (`.data/bench-cache`); the table says whether a run found its
+is the benchmark's own (`.data/bench-cache`, or `--cache-dir`); the table says whether a run found its
 features already cached. Validation uses 100 images per class (49,000 images remain for training); the
 test set is always the full 10,000.
 """
@@ -36,6 +36,7 @@ CONFIGS = {
     "linear-full-flip": {"strategy": "linear", "flip_tta": True},
     "mlp-full-flip": {"strategy": "mlp", "flip_tta": True},
     "mlp-full-flip-seed1": {"strategy": "mlp", "flip_tta": True, "seed": 1},
+    "mlp-full": {"strategy": "mlp"},
     "mlp-500-flip": {"strategy": "mlp", "per_class": 500, "flip_tta": True},
     "mlp-100-flip": {"strategy": "mlp", "per_class": 100, "flip_tta": True},
     "mlp-full-flip-d5": {"strategy": "mlp", "flip_tta": True, "dropout": 0.5},
@@ -52,6 +53,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("configs", nargs="+", choices=sorted(CONFIGS))
     parser.add_argument("--model", default="efficientnet_lite0")
+    parser.add_argument("--cache-dir", default=str(ROOT / ".data" / "bench-cache"), help="feature cache (an empty folder: a cold run)")
     parser.add_argument("--keep-runs", metavar="DIR", help="keep each run folder under DIR (default: a temporary folder)")
     args = parser.parse_args()
     dataset = load_data(str(cifar10_folder()))
@@ -65,7 +67,7 @@ def main() -> None:
     dataset.splits["val"] = val
     lines = ["| config | options | train images | test acc | wall s | features cached | head chosen |", "|---|---|---|---|---|---|---|"]
     for name in args.configs:
-        options = {"model": args.model, "cache_dir": str(ROOT / ".data" / "bench-cache"), **CONFIGS[name]}
+        options = {"model": args.model, "cache_dir": args.cache_dir, **CONFIGS[name]}
         with tempfile.TemporaryDirectory() as scratch:
             started = time.perf_counter()
             result = train(dataset, Path(args.keep_runs or scratch) / name, progress=False, **options)
