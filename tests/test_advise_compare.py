@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from transferkit.advise import LARGE_PER_CLASS, advise, decide
 from transferkit.cli import app
-from transferkit.compare import Cell, compare, grid
+from transferkit.compare import Cell, best, compare, grid
 from transferkit.errors import TransferkitError
 from transferkit.train import train
 
@@ -104,6 +104,13 @@ def test_compare_resumes_and_records_failed_cells(stripes, tmp_path):
     again = compare(str(stripes), cells, tmp_path / "cmp", progress=False, echo=lambda *_: None, **options)
     assert [r["status"] for r in again] == ["done (reused)"] * 4 + ["failed"]
     assert [r["val_acc"] for r in again[:4]] == [r["val_acc"] for r in rows[:4]]
+
+
+def test_best_cell_is_chosen_on_validation_not_test():
+    rows = [{"layer": "a", "val_acc": 0.9, "test_acc": 0.80}, {"layer": "b", "val_acc": 0.8, "test_acc": 0.85}, {"layer": "c", "status": "failed"}]
+    assert best(rows)["layer"] == "a"
+    assert best([{"layer": "a", "test_acc": 0.7}, {"layer": "b", "test_acc": 0.8}])["layer"] == "b"  # no validation scores
+    assert best([{"layer": "c", "status": "failed"}]) is None
 
 
 def test_compare_cli_rejects_unknown_strategy(stripes, tmp_path):

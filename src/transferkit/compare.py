@@ -91,9 +91,15 @@ def _row(cell: Cell, status: str, summary: dict, reason: str = "") -> dict:
     return row
 
 
+def _rank_key(rows: list[dict]) -> str:
+    """Cells are chosen by validation accuracy, as a user would choose; the test set only
+    reports. Test accuracy ranks them only where no cell has a validation score."""
+    return "val_acc" if any(r.get("val_acc") is not None for r in rows) else "test_acc"
+
+
 def best(rows: list[dict]) -> dict | None:
-    """The best finished cell, by test accuracy where there is one, else validation accuracy."""
-    key = "test_acc" if any(r.get("test_acc") is not None for r in rows) else "val_acc"
+    """The best finished cell (see :func:`_rank_key`)."""
+    key = _rank_key(rows)
     scored = [r for r in rows if r.get(key) is not None]
     return max(scored, key=lambda r: r[key]) if scored else None
 
@@ -101,13 +107,13 @@ def best(rows: list[dict]) -> dict | None:
 def write_leaderboard(rows: list[dict], out: Path, title: str) -> None:
     from transferkit.report import markdown_table, plot_bars
 
-    key = "test_acc" if any(r.get("test_acc") is not None for r in rows) else "val_acc"
+    key = _rank_key(rows)
     ranked = sorted(rows, key=lambda r: -(r.get(key) or -1))
     with open(out / "leaderboard.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(ranked)
-    (out / "leaderboard.md").write_text(f"# {title}\n\nRanked by {key.replace('_acc', '')} accuracy.\n\n{markdown_table(ranked, COLUMNS)}\n\n![leaderboard](leaderboard.png)\n")
+    (out / "leaderboard.md").write_text(f"# {title}\n\nRanked by {'validation' if key == 'val_acc' else 'test'} accuracy.\n\n{markdown_table(ranked, COLUMNS)}\n\n![leaderboard](leaderboard.png)\n")
     scored = [r for r in ranked if r.get(key) is not None]
     if scored:
         plot_bars([f"{r['model']} / {r['strategy']} / {r['layer']}" for r in scored], [r[key] for r in scored], out / "leaderboard.png", f"{title} ({key.replace('_acc', '')} accuracy)")

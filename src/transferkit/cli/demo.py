@@ -49,7 +49,7 @@ def demo(
     console.print(table)
     top = best(rows)
     if top:
-        typer.echo(f"best: {top['model']} / {top['strategy']} / {top['layer']}; leaderboard and reports in {out}/")
+        typer.echo(f"best on validation: {top['model']} / {top['strategy']} / {top['layer']}; leaderboard and reports in {out}/")
     for r in rows:
         if r["status"] == "failed":
             typer.echo(f"failed: {r['model']} / {r['strategy']}: {r['reason']}", err=True)
