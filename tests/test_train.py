@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from transferkit import TransferkitError, build_backbone
 from transferkit.cli import app
+from transferkit.features import list_entries
 from transferkit.runs import load_run
 from transferkit.train import train
 
@@ -46,10 +47,13 @@ def test_heads_on_features_end_to_end(tmp_path, colours, strategy, extra):
     assert ok.all() and loaded.classes == sorted(COLOURS)
 
 
-@pytest.mark.parametrize("extra", [{}, {"flip_tta": True}], ids=["plain", "flip-tta"])
+@pytest.mark.parametrize("extra", [{}, {"flip_tta": True}, {"quantize": "int8"}], ids=["plain", "flip-tta", "int8"])
 def test_loaded_run_reproduces_its_test_accuracy(tmp_path, colours, extra):
-    train(colours, tmp_path / "run", progress=False, strategy="linear", **FAST, **extra)
-    assert json.loads((tmp_path / "run" / "model.json").read_text())["flip_tta"] == bool(extra)
+    train(colours, tmp_path / "run", progress=False, strategy="linear", cache_dir=str(tmp_path / "cache"), **FAST, **extra)
+    if extra.get("quantize"):  # the head learns on int8 features; the saved float32 network is what gets scored
+        entries = {e["split"]: e for e in list_entries(tmp_path / "cache")}
+        assert entries["train"]["quantize"] and not entries["test"]["quantize"], entries
+    assert json.loads((tmp_path / "run" / "model.json").read_text())["flip_tta"] == extra.get("flip_tta", False)
     result = runner.invoke(app, ["evaluate", str(tmp_path / "run"), str(colours), "--json"])
     assert result.exit_code == 0, result.output
     recorded = json.loads((tmp_path / "run" / "metrics.json").read_text())["summary"]["test_acc"]

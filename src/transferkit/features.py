@@ -379,7 +379,7 @@ def list_entries(cache_dir: str | os.PathLike | None = None) -> list[dict]:
             complete = True
         except (OSError, ValueError):
             meta, complete = {}, False
-        entries.append({"key": path.name, "complete": complete, "bytes": size, **{k: meta.get(k) for k in ("backbone", "layer", "dataset", "split", "count", "dim", "created")}})
+        entries.append({"key": path.name, "complete": complete, "bytes": size, **{k: meta.get(k) for k in ("backbone", "layer", "quantize", "dataset", "split", "count", "dim", "created")}})
     return entries
 
 

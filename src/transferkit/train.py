@@ -170,7 +170,7 @@ def _backbone(opts: TrainOptions):
 
 
 def _extract(backbone, images, opts: TrainOptions, split: str, dataset_name: str, progress: bool, train_set):
-    """Features of ``images``; an int8 engine is calibrated on ``train_set`` for every split."""
+    """Features of ``images``; an int8 engine is calibrated on ``train_set``, whatever the split."""
     from transferkit.features import extract_features
 
     return extract_features(
@@ -195,14 +195,17 @@ def _train_head(dataset, train_set, opts: TrainOptions, progress: bool):
     started = time.perf_counter()
     head.fit(X, y)
     train_seconds = time.perf_counter() - started
-    # Validation and test images go through the same cached features and the folded head.
+    # Validation and test images go through cached features and the folded head. The saved run
+    # is the float32 network, so an int8 run is scored on float32 features too: the accuracy it
+    # records is the one the loaded run reproduces.
     module = head.to_module()
     predictions = {}
     evaluated = {}
+    scored_as_saved = dataclasses.replace(opts, quantize=None)
     for split in ("val", "test"):
         images = dataset.splits.get(split)
         if images is not None and len(images):
-            evaluated[split] = _extract(backbone, images, opts, split, dataset.name, progress, train_set).usable()
+            evaluated[split] = _extract(backbone, images, scored_as_saved, split, dataset.name, progress, train_set).usable()
             with torch.inference_mode():
                 scores = module(torch.as_tensor(np.asarray(evaluated[split][0])))
             predictions[split] = (evaluated[split][1], scores.argmax(1).numpy())

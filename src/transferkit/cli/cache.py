@@ -27,7 +27,8 @@ def list_cache(cache_dir: Path = CACHE_DIR, as_json: bool = JSON) -> None:
     table = Table("key", "backbone", "layer", "data", "images", "dim", "MB", "complete", title=str(cache_root(cache_dir)))
     for e in entries:
         data = f"{e['dataset'] or '?'}/{e['split'] or '?'}"
-        table.add_row(e["key"][:12], e["backbone"] or "?", e["layer"] or "?", data, str(e["count"] or "-"), str(e["dim"] or "-"), f"{e['bytes'] / 1e6:.1f}", "yes" if e["complete"] else "NO")
+        layer = (e["layer"] or "?") + (" (int8)" if e["quantize"] else "")
+        table.add_row(e["key"][:12], e["backbone"] or "?", layer, data, str(e["count"] or "-"), str(e["dim"] or "-"), f"{e['bytes'] / 1e6:.1f}", "yes" if e["complete"] else "NO")
     Console().print(table)
 
 
