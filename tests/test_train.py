@@ -47,6 +47,12 @@ def test_heads_on_features_end_to_end(tmp_path, colours, strategy, extra):
     assert ok.all() and loaded.classes == sorted(COLOURS)
 
 
+@pytest.mark.parametrize("given, recorded", [({}, 0.5), ({"dropout": 0.3}, 0.3)], ids=["mlp-default", "given"])
+def test_config_records_the_dropout_the_head_used(tmp_path, colours, given, recorded):
+    train(colours, tmp_path / "run", progress=False, strategy="mlp", **FAST, **given)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["dropout"] == recorded
+
+
 @pytest.mark.parametrize("extra", [{}, {"flip_tta": True}, {"quantize": "int8"}], ids=["plain", "flip-tta", "int8"])
 def test_loaded_run_reproduces_its_test_accuracy(tmp_path, colours, extra):
     train(colours, tmp_path / "run", progress=False, strategy="linear", cache_dir=str(tmp_path / "cache"), **FAST, **extra)

@@ -132,6 +132,8 @@ def train(data, out: str | Path | None = None, *, resume: bool = False, progress
 
         advice = advise(dataset, model=opts.model, cache_dir=opts.cache_dir, progress=progress)
         opts = dataclasses.replace(opts, **advice.train_options)
+    if opts.dropout is None and opts.strategy not in ("linear", "svm"):  # config.json records the value used
+        opts = dataclasses.replace(opts, dropout=_default_dropout(opts.strategy))
     train_set = dataset.train.per_class(opts.per_class, seed=opts.seed) if opts.per_class else dataset.train
     missing = set(range(len(dataset.classes))) - set(np.unique(train_set.labels).tolist())
     if missing:
@@ -152,6 +154,18 @@ def train(data, out: str | Path | None = None, *, resume: bool = False, progress
             return TrainResult(run_dir, {"summary": {}}, None)
         predictions = {}
     return _finish(run_dir, dataset, train_set, model, history, timings, predictions, opts, progress)
+
+
+def _head_params(opts: TrainOptions) -> dict:
+    """The options a head on features takes from `train`: the MLP's dropout, when given."""
+    return {"dropout": opts.dropout} if opts.strategy == "mlp" and opts.dropout is not None else {}
+
+
+def _default_dropout(strategy: str) -> float:
+    from transferkit.finetune import FitConfig
+    from transferkit.heads import MLPHead
+
+    return MLPHead().dropout if strategy == "mlp" else FitConfig.dropout
 
 
 def _resumed_options(run_dir: Path, given: TrainOptions) -> TrainOptions:
@@ -191,7 +205,7 @@ def _train_head(dataset, train_set, opts: TrainOptions, progress: bool):
     train_features = _extract(backbone, train_set, opts, "train", dataset.name, progress, train_set)
     extract_seconds = time.perf_counter() - started
     X, y = train_features.usable()
-    head = make_head(opts.strategy, kernel=opts.kernel, seed=opts.seed, **({"dropout": opts.dropout} if opts.strategy == "mlp" and opts.dropout is not None else {}))
+    head = make_head(opts.strategy, kernel=opts.kernel, seed=opts.seed, **_head_params(opts))
     started = time.perf_counter()
     head.fit(X, y)
     train_seconds = time.perf_counter() - started
@@ -254,7 +268,7 @@ def _train_end_to_end(dataset, train_set, opts: TrainOptions, run_dir: Path, res
     backbone = _backbone(opts)
     config = FitConfig(
         strategy=opts.strategy, epochs=opts.epochs, lr=opts.lr, batch_size=opts.batch_size, weight_decay=opts.weight_decay,
-        dropout=FitConfig.dropout if opts.dropout is None else opts.dropout, label_smoothing=opts.label_smoothing, augment=opts.augment, patience=opts.patience,
+        dropout=opts.dropout, label_smoothing=opts.label_smoothing, augment=opts.augment, patience=opts.patience,
         unfreeze=opts.unfreeze if opts.unfreeze == "all" else int(opts.unfreeze), backbone_lr_mult=opts.backbone_lr_mult,
         head_epochs=opts.head_epochs, gradual=opts.gradual, image_size=opts.image_size, balance=opts.balance, seed=opts.seed,
         devices=int(opts.devices) if str(opts.devices).isdigit() else opts.devices, num_nodes=opts.num_nodes,
@@ -338,7 +352,7 @@ def _train_on_bottleneck_features(features, opts: TrainOptions, out) -> TrainRes
     if opts.strategy not in FEATURE_STRATEGIES:
         raise TransferkitError(f"{features.name} holds precomputed features: use --strategy {', '.join(FEATURE_STRATEGIES)}")
     X, y = features.splits["train"]
-    head = make_head(opts.strategy, kernel=opts.kernel, seed=opts.seed)
+    head = make_head(opts.strategy, kernel=opts.kernel, seed=opts.seed, **_head_params(opts))
     started = time.perf_counter()
     head.fit(X, y)
     metrics: dict[str, Any] = {}
