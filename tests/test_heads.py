@@ -9,7 +9,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
-from transferkit.heads import SCALINGS, _pick_c, LinearHead, MLPHead, PowerL2Norm, SVMHead, make_head, power_l2
+from transferkit.heads import SCALINGS, _pick_c, LinearHead, MLPHead, NumpyDropout, PowerL2Norm, SVMHead, make_head, power_l2
 
 
 @pytest.fixture(scope="module")
@@ -80,3 +80,21 @@ def test_warm_started_c_path_chooses_as_a_grid_search_does(blobs):
     search = GridSearchCV(LogisticRegression(max_iter=1000), {"C": grid}, cv=StratifiedKFold(3, shuffle=True, random_state=0)).fit(X, y)
     assert chosen == search.best_params_["C"]
     assert score == pytest.approx(search.best_score_, abs=0.01)
+
+
+def test_numpy_dropout_drops_at_rate_p_and_keeps_the_mean():
+    x = torch.ones(400, 500)
+    dropout = NumpyDropout(0.3, np.random.default_rng(0))
+    out = dropout(x)
+    assert abs((out == 0).float().mean().item() - 0.3) < 0.01
+    assert abs(out.mean().item() - 1.0) < 0.02
+    assert torch.equal(out[out != 0], torch.full_like(out[out != 0], 1 / 0.7))
+    assert torch.equal(dropout.eval()(x), x)
+    assert torch.equal(NumpyDropout(0.3, np.random.default_rng(0))(x), out)  # a seeded generator repeats its masks
+
+
+def test_mlp_head_is_reproducible_for_a_seed(blobs):
+    X, y = blobs
+    first, second, other = (MLPHead(hidden=16, epochs=3, min_steps=10, random_state=seed).fit(X, y) for seed in (0, 0, 1))
+    assert np.array_equal(first.predict_proba(X), second.predict_proba(X))
+    assert not np.array_equal(first.predict_proba(X), other.predict_proba(X))
