@@ -155,6 +155,20 @@ def test_onnxruntime_engine_matches_pytorch(tmp_path, images, resnet):
     np.testing.assert_allclose(flipped.features, _extract(images, resnet, tmp_path, engine="torch", flip_tta=True).features, atol=1e-3)
 
 
+def test_a_stale_onnx_export_is_exported_again(tmp_path, images, resnet):
+    from transferkit.engines import LayerFeatures, export_onnx
+
+    expected = _extract(images, resnet, tmp_path / "reference", engine="torch").features
+    first = _extract(images, resnet, tmp_path, engine="onnxruntime", layer="stage3")
+    (stale,) = (tmp_path / "engines").glob("resnet18-*-stage3-40.onnx")
+    penultimate = stale.with_name(stale.name.replace("stage3", "penultimate"))
+    # The file the penultimate-layer engine will find holds another network (the stage3 layer).
+    export_onnx(LayerFeatures(resnet, "stage3"), torch.randn(2, 3, 40, 40), penultimate, input_name="images", output_name="outputs")
+    ort_features = _extract(images, resnet, tmp_path, engine="onnxruntime")
+    np.testing.assert_allclose(ort_features.features, expected, atol=1e-3)
+    assert first.features.shape != expected.shape and penultimate.is_file()
+
+
 def _mean_cosine(a, b):
     return float(np.mean(np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
 
