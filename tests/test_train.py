@@ -167,3 +167,26 @@ def test_real_linear_head_on_digits_beats_chance_by_far(tmp_path):
     assert result.metrics["summary"]["test_acc"] > 0.8  # chance is 0.1
     digits = result.run.predict([np.full((8, 8), 0, np.uint8)])
     assert digits[0]["top"][0]["label"] in [str(d) for d in range(10)]
+
+
+def test_a_head_on_a_bottleneck_pickle_is_scored_but_cannot_classify_images(tmp_path):
+    import pickle
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 3, (2, 16))
+
+    def dump(name, n):
+        labels = np.arange(n) % 2
+        features = (centres[labels] + rng.normal(0, 1, (n, 16))).reshape(n, 1, 1, 16)
+        (tmp_path / name).write_bytes(pickle.dumps({"features": features, "labels": labels.reshape(-1, 1)}))
+        return tmp_path / name
+
+    train_p = dump("lab_bottleneck_features_train.p", 60)
+    dump("lab_bottleneck_features_validation.p", 20)
+    result = train(str(train_p), tmp_path / "run", progress=False, strategy="mlp", dropout=0.3, trust_pickle=True)
+    summary = result.metrics["summary"]
+    assert summary["train_images"] == 60 and summary["val_acc"] >= 0.9 and result.run is None
+    with pytest.raises(TransferkitError, match="precomputed features, with no backbone"):
+        load_run(tmp_path / "run")
+    outcome = runner.invoke(app, ["classify", str(tmp_path / "run"), str(tmp_path)])
+    assert outcome.exit_code != 0 and "precomputed features" in outcome.output

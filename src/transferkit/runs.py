@@ -177,12 +177,21 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"cannot write {type(value).__name__} as JSON")
 
 
+def _trained_on_precomputed_features(run_dir: Path) -> bool:
+    try:
+        return json.loads((run_dir / "metrics.json").read_text())["summary"].get("input") == "precomputed features"
+    except (OSError, ValueError, KeyError, AttributeError):
+        return False
+
+
 def load_run(run_dir: str | os.PathLike) -> Run:
     """Rebuild a trained classifier from its run folder (no pickle, no network)."""
     from transferkit.weights import read_state_dict, sha256_file
 
     run_dir = Path(run_dir)
     meta_path = run_dir / MODEL_META
+    if not meta_path.is_file() and _trained_on_precomputed_features(run_dir):
+        raise TransferkitError(f"{run_dir} holds a head trained on precomputed features, with no backbone to turn images into them; train on the images themselves for a run that classifies them")
     if not meta_path.is_file() or not (run_dir / MODEL_FILE).is_file():
         raise TransferkitError(f"{run_dir} is not a finished run folder (no {MODEL_META} / {MODEL_FILE}); train one with `transferkit train`")
     try:

@@ -360,7 +360,7 @@ def _train_on_bottleneck_features(features, opts: TrainOptions, out) -> TrainRes
         if split in features.splits:
             Xs, ys = features.splits[split]
             metrics[split] = classification_metrics(ys, head.predict(Xs), features.classes)
-    summary = {"data": features.name, "strategy": opts.strategy, "train_images": len(y), "train_seconds": time.perf_counter() - started,
+    summary = {"data": features.name, "input": "precomputed features", "strategy": opts.strategy, "train_images": len(y), "train_seconds": time.perf_counter() - started,
                "val_acc": metrics.get("val", {}).get("accuracy"), "test_acc": metrics.get("test", {}).get("accuracy")}  # fmt: skip
     run_dir = Path(out) if out else Path("runs") / f"{features.name}-{opts.strategy}"
     run_dir.mkdir(parents=True, exist_ok=True)
