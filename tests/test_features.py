@@ -167,6 +167,23 @@ def test_a_stale_onnx_export_is_exported_again(tmp_path, images, resnet):
     ort_features = _extract(images, resnet, tmp_path, engine="onnxruntime")
     np.testing.assert_allclose(ort_features.features, expected, atol=1e-3)
     assert first.features.shape != expected.shape and penultimate.is_file()
+    # The same for the float export an int8 engine is quantised from.
+    export_onnx(LayerFeatures(resnet, "stage3"), torch.randn(2, 3, 40, 40), penultimate, input_name="images", output_name="outputs")
+    int8 = _extract(images, resnet, tmp_path, quantize="int8")
+    assert int8.features.shape == expected.shape and _mean_cosine(int8.features, expected) > 0.9
+
+
+def test_an_engine_that_disagrees_with_pytorch_is_refused_after_one_fresh_export(tmp_path, images, resnet, monkeypatch):
+    import transferkit.engines as engines
+
+    _extract(images, resnet, tmp_path, engine="onnxruntime")  # leaves a good export in the cache
+    monkeypatch.setattr(engines, "PARITY_ATOL", -1.0)  # nothing agrees now
+    with pytest.raises(TransferkitError, match="differ from PyTorch's.*use --engine torch"):
+        _extract(images, resnet, tmp_path, engine="onnxruntime", data_fingerprint="not cached")
+    assert not list((tmp_path / "engines").glob("*.onnx"))
+    monkeypatch.setattr(engines, "INT8_MIN_COSINE", 2.0)
+    with pytest.raises(TransferkitError, match="int8 quantisation changes the features"):
+        _extract(images, resnet, tmp_path, quantize="int8")
 
 
 def _mean_cosine(a, b):

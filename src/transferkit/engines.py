@@ -84,12 +84,12 @@ class OnnxEngine:
         path.parent.mkdir(parents=True, exist_ok=True)
         model = model.eval()
         sample = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
-        exported_now = not path.is_file()
+        exported, exported_now = path, not path.is_file()
         if exported_now:
-            export_onnx(model, sample, path, input_name="images", output_name="outputs")
+            export_onnx(model, sample, exported, input_name="images", output_name="outputs")
         if int8 is not None:
             sample = int8.images[:16]  # the agreement check: eager PyTorch is slow on a CPU
-            path = quantize_int8(path, int8)
+            path = quantize_int8(exported, int8)
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
         options.log_severity_level = 3
@@ -97,19 +97,20 @@ class OnnxEngine:
         with torch.inference_mode():
             expected = model(sample).numpy()
         got = self(sample)
+        same_shape = got.shape == expected.shape
         if int8 is not None:
-            cosine = mean_cosine(got, expected)
-            if cosine < INT8_MIN_COSINE:
-                path.unlink(missing_ok=True)
-                raise TransferkitError(f"int8 quantisation changes the features of {path.stem} too much (mean cosine similarity {cosine:.2f} < {INT8_MIN_COSINE}); extract without --quantize")
-            return
-        difference = float(np.abs(got - expected).max()) if got.shape == expected.shape else float("inf")
-        if difference > PARITY_ATOL:
+            cosine = mean_cosine(got, expected) if same_shape else float("-inf")
+            failure = f"int8 quantisation changes the features of {path.stem} too much (mean cosine similarity {cosine:.2f} < {INT8_MIN_COSINE}); extract without --quantize" if cosine < INT8_MIN_COSINE else None
+        else:
+            difference = float(np.abs(got - expected).max()) if same_shape else float("inf")
+            failure = f"ONNX Runtime's outputs for {path.stem} differ from PyTorch's by {difference:.1e}; use --engine torch" if difference > PARITY_ATOL else None
+        if failure:
             path.unlink(missing_ok=True)
-            if not exported_now:  # left by another version of transferkit or torch: export it again
-                self.__init__(model, image_size, path)
+            if not exported_now:  # the export may be left by another version of transferkit or torch: export again
+                exported.unlink(missing_ok=True)
+                self.__init__(model, image_size, exported, int8)
                 return
-            raise TransferkitError(f"ONNX Runtime's outputs for {path.stem} differ from PyTorch's by {difference:.1e}; use --engine torch")
+            raise TransferkitError(failure)
 
     def __call__(self, images: torch.Tensor) -> np.ndarray:
         return self.session.run(None, {"images": images.numpy()})[0]
