@@ -150,6 +150,12 @@ def world(tmp_path_factory) -> dict[str, str]:
         elif edit == "garbage":
             shutil.copy(t / "garbage.safetensors", copy / "model.safetensors")
 
+    # a head trained on a lab's bottleneck pickle: scored, but with no backbone to run on images
+    features = np.random.default_rng(0).normal(size=(12, 1, 1, 8)) + np.repeat([0, 3], 6)[:, None, None, None]
+    with open(t / "lab_bottleneck_features_train.p", "wb") as f:
+        pickle.dump({"features": features, "labels": np.repeat([0, 1], 6).reshape(-1, 1)}, f)
+    train(str(t / "lab_bottleneck_features_train.p"), t / "run_features", progress=False, strategy="linear", trust_pickle=True)
+
     paths = {p.name.replace(".", "_"): str(p) for p in t.iterdir()}
     paths.update(
         tmp=str(t), missing=str(t / "missing.jpg"), nowhere=str(t / "nowhere") + "/", cache=str(t / "cache"), marker=str(marker),
@@ -272,6 +278,7 @@ CASES = [
     case("classify-not-a-run", ["classify", "{data}", "{good}"], "is not a finished run folder"),
     case("classify-run-is-a-file", ["classify", "{notes_txt}", "{good}"], "is not a finished run folder"),
     case("classify-run-from-other-version", ["classify", "{run_v99}", "{good}"], "run format 99"),
+    case("classify-run-on-precomputed-features", ["classify", "{run_features}", "{good}"], "no backbone to turn images into them"),
     case("classify-corrupt-image", ["classify", "{run}", "{corrupt_png}"], "corrupt"),
     case("classify-bomb", ["classify", "{run}", "{bomb_png}"], "decompression-bomb guard"),
     case("classify-top-k-0", ["classify", "{run}", "{good}", "--top-k", "0"], "--top-k"),
