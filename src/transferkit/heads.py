@@ -226,8 +226,8 @@ class RBFFeatures(nn.Module):
 
 
 class NumpyDropout(nn.Dropout):
-    """``nn.Dropout`` whose masks NumPy draws: torch's CPU Bernoulli sampling took a third of an
-    MLP head's training step, NumPy's generator a third of that time (BENCHMARKS.md)."""
+    """``nn.Dropout`` whose masks NumPy's generator draws: torch's CPU Bernoulli sampling took
+    30% of an MLP head's training step (BENCHMARKS.md)."""
 
     def __init__(self, p: float, rng: np.random.Generator):
         super().__init__(p)

@@ -177,9 +177,12 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"cannot write {type(value).__name__} as JSON")
 
 
+PRECOMPUTED_FEATURES = "precomputed features"  # metrics.json's summary "input" of a head trained on a bottleneck pickle
+
+
 def _trained_on_precomputed_features(run_dir: Path) -> bool:
     try:
-        return json.loads((run_dir / "metrics.json").read_text())["summary"].get("input") == "precomputed features"
+        return json.loads((run_dir / "metrics.json").read_text())["summary"].get("input") == PRECOMPUTED_FEATURES
     except (OSError, ValueError, KeyError, AttributeError):
         return False
 

@@ -132,7 +132,7 @@ def train(data, out: str | Path | None = None, *, resume: bool = False, progress
 
         advice = advise(dataset, model=opts.model, cache_dir=opts.cache_dir, progress=progress)
         opts = dataclasses.replace(opts, **advice.train_options)
-    if opts.dropout is None and opts.strategy not in ("linear", "svm"):  # config.json records the value used
+    if opts.dropout is None:  # config.json records the value used
         opts = dataclasses.replace(opts, dropout=_default_dropout(opts.strategy))
     train_set = dataset.train.per_class(opts.per_class, seed=opts.seed) if opts.per_class else dataset.train
     missing = set(range(len(dataset.classes))) - set(np.unique(train_set.labels).tolist())
@@ -161,11 +161,14 @@ def _head_params(opts: TrainOptions) -> dict:
     return {"dropout": opts.dropout} if opts.strategy == "mlp" and opts.dropout is not None else {}
 
 
-def _default_dropout(strategy: str) -> float:
+def _default_dropout(strategy: str) -> float | None:
+    """The dropout a strategy uses unless told otherwise; None for heads without dropout."""
     from transferkit.finetune import FitConfig
     from transferkit.heads import MLPHead
 
-    return MLPHead().dropout if strategy == "mlp" else FitConfig.dropout
+    if strategy in END_TO_END_STRATEGIES:
+        return FitConfig.dropout
+    return MLPHead().dropout if strategy == "mlp" else None
 
 
 def _resumed_options(run_dir: Path, given: TrainOptions) -> TrainOptions:
@@ -347,7 +350,7 @@ def _train_on_bottleneck_features(features, opts: TrainOptions, out) -> TrainRes
     """The lab's precomputed bottleneck pickles: a head on them, evaluated; no backbone to save."""
     from transferkit.heads import make_head
     from transferkit.report import classification_metrics
-    from transferkit.runs import write_json
+    from transferkit.runs import PRECOMPUTED_FEATURES, write_json
 
     if opts.strategy not in FEATURE_STRATEGIES:
         raise TransferkitError(f"{features.name} holds precomputed features: use --strategy {', '.join(FEATURE_STRATEGIES)}")
@@ -360,7 +363,7 @@ def _train_on_bottleneck_features(features, opts: TrainOptions, out) -> TrainRes
         if split in features.splits:
             Xs, ys = features.splits[split]
             metrics[split] = classification_metrics(ys, head.predict(Xs), features.classes)
-    summary = {"data": features.name, "input": "precomputed features", "strategy": opts.strategy, "train_images": len(y), "train_seconds": time.perf_counter() - started,
+    summary = {"data": features.name, "input": PRECOMPUTED_FEATURES, "strategy": opts.strategy, "train_images": len(y), "train_seconds": time.perf_counter() - started,
                "val_acc": metrics.get("val", {}).get("accuracy"), "test_acc": metrics.get("test", {}).get("accuracy")}  # fmt: skip
     run_dir = Path(out) if out else Path("runs") / f"{features.name}-{opts.strategy}"
     run_dir.mkdir(parents=True, exist_ok=True)
