@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from typer.testing import CliRunner
@@ -423,6 +423,7 @@ DATA_TEXT = st.one_of(
 
 @FUZZ
 @given(text=DATA_TEXT, trust=st.booleans())
+@example(text="~nosuchuser-tk\x00", trust=False)  # found by this test: pwd's ValueError for a NUL byte
 def test_fuzz_data_spec_raises_only_transferkit_errors(sandbox, text, trust):
     from transferkit.data import load_data, parse_data_spec
 

@@ -159,7 +159,7 @@ def _expand(path: str) -> Path:
     """``path`` with ``~`` / ``~user`` expanded; an unknown user is a TransferkitError."""
     try:
         return Path(path).expanduser()
-    except RuntimeError:  # pathlib: "Could not determine home directory"
+    except (RuntimeError, ValueError):  # pathlib: "Could not determine home directory"; pwd: "embedded null byte"
         raise TransferkitError(f"{path}: cannot expand {path.split('/')[0]!r} (no such user, or no home directory)") from None
 
 
