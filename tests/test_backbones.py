@@ -73,3 +73,14 @@ def test_embedded_lite0_preprocessing_is_tensorflow_style():
     spec = get_spec("efficientnet_lite0")
     assert spec.mean == spec.std == (0.5, 0.5, 0.5)
     assert spec.interpolation == "bicubic"
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "resnet18"])  # TensorFlow's and ImageNet's mean and std
+def test_uint8_transform_then_normalize_equals_the_float_transform(name):
+    import numpy as np
+
+    spec = get_spec(name)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 30, 3), dtype=np.uint8))
+    raw = spec.transform(64, uint8=True)(image)
+    assert raw.dtype == torch.uint8 and raw.shape == (3, 64, 64)
+    torch.testing.assert_close(spec.normalize(raw[None])[0], spec.transform(64)(image), atol=1e-5, rtol=0)

@@ -218,3 +218,33 @@ def test_int8_needs_onnxruntime_and_a_known_precision(tmp_path, images, resnet):
 def test_unknown_engine(tmp_path, images, resnet):
     with pytest.raises(TransferkitError, match="unknown engine"):
         _extract(images, resnet, tmp_path, engine="tensorrt")
+
+
+def test_engines_run_on_the_gpu_where_there_is_one_and_onnxruntime_on_the_cpu(tmp_path, resnet, monkeypatch):
+    from transferkit import engines
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert engines.default_device().type == "cpu"
+    assert engines.make_engine("torch", resnet, "penultimate", 40, tmp_path).device.type == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert engines.default_device().type == "cuda"
+    placed = []
+    monkeypatch.setattr(engines.TorchEngine, "__init__", lambda self, model, device=None, *args: placed.append(device))
+    engines.make_engine("torch", resnet, "penultimate", 40, tmp_path)
+    assert placed[-1].type == "cuda"
+    built = []
+    monkeypatch.setattr(engines.OnnxEngine, "__init__", lambda self, *args, **kwargs: built.append(args))
+    engines.make_engine("onnxruntime", resnet, "penultimate", 40, tmp_path)  # ONNX Runtime's CPU build, even beside a GPU
+    assert len(built) == 1
+    with pytest.raises(TransferkitError, match="ONNX Runtime on the CPU"):
+        engines.make_engine("onnxruntime", resnet, "penultimate", 40, tmp_path, device="cuda", int8=object())
+
+
+def test_torch_engine_normalises_uint8_images_itself(resnet):
+    from transferkit.engines import LayerFeatures, TorchEngine
+
+    image = np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    engine = TorchEngine(LayerFeatures(resnet, "penultimate"), "cpu", normalize=resnet.spec.normalize)
+    assert not engine.uint8_input  # on a CPU the workers normalise: no gain in moving it
+    raw, scaled = resnet.transform(40, uint8=True)(image)[None], resnet.transform(40)(image)[None]
+    np.testing.assert_allclose(engine(raw), engine(scaled), atol=1e-5)

@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -307,3 +308,32 @@ def test_resume_after_sigkill_continues_the_same_run(tmp_path):
         rows = list(csv.DictReader(f))
     assert sorted(int(row["epoch"]) for row in rows if row["val_acc"]) == [0, 1, 2]
     assert sorted(int(row["epoch"]) for row in rows if row["train_acc"]) == [0, 1, 2]
+
+
+def test_precision_auto_is_bf16_mixed_on_a_bfloat16_gpu_only(monkeypatch):
+    from transferkit.finetune import _loader, LabeledImages, resolve_precision
+
+    assert resolve_precision(FitConfig(precision="16-mixed")) == "16-mixed"  # what the user asked for stays
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_precision(FitConfig()) == "32-true"
+    cpu_loader = _loader(LabeledImages(*make_data(64, 0), transform=None), FitConfig(batch_size=8), None)
+    assert cpu_loader.num_workers <= 2 and not cpu_loader.pin_memory
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_precision(FitConfig()) == "bf16-mixed"
+    assert resolve_precision(FitConfig(accelerator="cpu")) == "32-true"
+    gpu_loader = _loader(LabeledImages(*make_data(64, 0), transform=None), FitConfig(batch_size=8), None)
+    assert gpu_loader.pin_memory and gpu_loader.num_workers == max(1, min(16, os.cpu_count() - 1))
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert resolve_precision(FitConfig()) == "32-true"
+
+
+def test_uint8_batches_are_normalised_after_the_transfer_to_the_device():
+    backbone = build_backbone("lenet", pretrained=False)
+    images, labels = make_data(4, 0)
+    raw = torch.stack([train_transform(backbone.spec, 32, "none", uint8=True)(i) for i in images])
+    scaled = torch.stack([train_transform(backbone.spec, 32, "none")(i) for i in images])
+    model = ImageClassifier(backbone, config())
+    got, _, _ = model.on_after_batch_transfer((raw, torch.tensor(labels), []), 0)
+    torch.testing.assert_close(got, scaled, atol=1e-5, rtol=0)
+    assert model.on_after_batch_transfer((scaled, torch.tensor(labels), []), 0)[0] is scaled  # float batches pass as they are

@@ -84,21 +84,27 @@ class BackboneSpec:
             raise TransferkitError(f"--image-size {image_size} is too small for {self.name}: the minimum is {self.min_input_size}")
         return image_size
 
-    def transform(self, image_size: int | None = None) -> v2.Compose:
+    def transform(self, image_size: int | None = None, uint8: bool = False) -> v2.Compose:
         """Evaluation preprocessing: resize, centre crop, scale to [0, 1], normalise.
 
         ``image_size`` overrides the crop size and scales the resize by the spec's crop ratio.
+        ``uint8``: stop before scaling, for :meth:`normalize` to finish on the GPU.
         """
         size = self.check_image_size(image_size)
-        return v2.Compose(
-            [
-                v2.ToImage(),
-                UpscaleWithoutBorderLoss(round(size / self.crop_pct), size, InterpolationMode(self.interpolation)),
-                v2.CenterCrop(size),
-                v2.ToDtype(torch.float32, scale=True),
-                v2.Normalize(self.mean, self.std),
-            ]
-        )
+        resize = [v2.ToImage(), UpscaleWithoutBorderLoss(round(size / self.crop_pct), size, InterpolationMode(self.interpolation)), v2.CenterCrop(size)]
+        return v2.Compose(resize + ([] if uint8 else self.scaling()))
+
+    def scaling(self) -> list:
+        """The transforms' last steps: uint8 pixels to normalised float32."""
+        return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.mean, self.std)]
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """:meth:`scaling` for a batch of uint8 images where they are (a GPU): a float32 image is a
+        quarter the size of a uint8 one, and copying it out of the loader's workers bounds GPU
+        extraction (benchmarks/gpu_input.py)."""
+        mean = torch.tensor(self.mean, device=images.device).view(1, 3, 1, 1) * 255
+        std = torch.tensor(self.std, device=images.device).view(1, 3, 1, 1) * 255
+        return (images.float() - mean) / std
 
     def preprocessing(self, image_size: int | None = None) -> dict[str, Any]:
         """The numbers that define :meth:`transform`, for run metadata and cache keys."""
@@ -209,8 +215,8 @@ class Backbone(nn.Module):
         """Body modules grouped from input to output (fine-tuning unfreezes from the end)."""
         return [[self.body.get_submodule(path) for path in group] for group in self.spec.layer_groups]
 
-    def transform(self, image_size: int | None = None) -> v2.Compose:
-        return self.spec.transform(image_size)
+    def transform(self, image_size: int | None = None, uint8: bool = False) -> v2.Compose:
+        return self.spec.transform(image_size, uint8)
 
 
 def parse_layer(layer: str, spec: BackboneSpec) -> int:

@@ -13,6 +13,7 @@ calibrated on a sample of the training images); its features are checked for agr
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import os
 import warnings
@@ -45,23 +46,56 @@ class LayerFeatures(nn.Module):
         return self.backbone.features(x, self.layer, self.flip_tta)
 
 
+def default_device() -> torch.device:
+    """The GPU where there is one (as Lightning's ``accelerator="auto"`` picks for training), else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@contextlib.contextmanager
+def float32_convolutions():
+    """cuDNN convolutions in true float32: its default TF32 moves Lite0's features up to 3e-2 away
+    from the CPU's, float32 keeps them within 2e-5 (benchmarks/gpu_input.py)."""
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):  # torch >= 2.9 refuses mixing this with allow_tf32
+        before, conv.fp32_precision = conv.fp32_precision, "ieee"
+        try:
+            yield
+        finally:
+            conv.fp32_precision = before
+        return
+    before, torch.backends.cudnn.allow_tf32 = torch.backends.cudnn.allow_tf32, False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = before
+
+
 class TorchEngine:
-    """``model`` run eagerly: inference mode, on ``device``, channels-last where that is faster."""
+    """``model`` run eagerly: inference mode, on ``device`` (default: :func:`default_device`), channels-last where that is faster.
+
+    With ``normalize`` (the backbone's :meth:`~transferkit.backbones.BackboneSpec.normalize`) it also
+    takes uint8 images and normalises them on the device; ``uint8_input`` says whether that pays.
+    """
 
     name = "torch"
 
-    def __init__(self, model: nn.Module, device: torch.device | str | None = None, channels_last: bool = False):
-        self.channels_last = channels_last
-        self.device = torch.device(device or "cpu")
-        self.model = model.eval().to(self.device)
+    def __init__(self, model: nn.Module, device: torch.device | str | None = None, channels_last: bool = False, normalize=None):
+        self.channels_last, self.normalize = channels_last, normalize
+        self.device = torch.device(device) if device is not None else default_device()
+        self.uint8_input = normalize is not None and self.device.type == "cuda"
+        self.model = model.eval()
+        if any(p.device != self.device for p in model.parameters()):  # a copy: the caller's model stays on its device
+            self.model = copy.deepcopy(model).to(self.device)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
 
     def __call__(self, images: torch.Tensor) -> np.ndarray:
         images = images.to(self.device)
+        if images.dtype == torch.uint8:
+            images = self.normalize(images)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
+        with torch.inference_mode(), float32_convolutions() if self.device.type == "cuda" else contextlib.nullcontext():
             return self.model(images).float().cpu().numpy()
 
 
@@ -191,7 +225,7 @@ def resolve_engine(name: str, n_images: int | None = None) -> str:
         return resolve_engine(os.environ["TRANSFERKIT_ENGINE"])
     if name == "auto":
         many = n_images is None or n_images >= AUTO_ONNX_MIN_IMAGES
-        return "onnxruntime" if many and onnxruntime_available() and not torch.cuda.is_available() else "torch"
+        return "onnxruntime" if many and not torch.cuda.is_available() and onnxruntime_available() else "torch"  # onnxscript imports slowly
     if name == "onnxruntime" and not onnxruntime_available():
         raise TransferkitError("--engine onnxruntime needs onnx, onnxscript and onnxruntime: pip install 'transferkit[onnx]'")
     return name
@@ -204,13 +238,16 @@ def make_engine(name: str, backbone: Backbone, layer: str, image_size: int, fold
     ``int8``: quantise the ONNX Runtime engine, calibrated on those images (CPU only).
     """
     model = LayerFeatures(backbone, layer, flip_tta)
-    on_cpu = device is None or torch.device(device).type == "cpu"
-    if int8 is not None and not (on_cpu and resolve_engine(name) == "onnxruntime"):
+    engine = resolve_engine(name)
+    if device is None:  # ONNX Runtime (and so int8) runs on the CPU; PyTorch on the GPU where there is one
+        device = default_device() if engine == "torch" and int8 is None else "cpu"
+    on_cpu = torch.device(device).type == "cpu"
+    if int8 is not None and not (on_cpu and engine == "onnxruntime"):
         raise TransferkitError("--quantize int8 runs on ONNX Runtime on the CPU: use --engine auto or onnxruntime, without GPU devices")
-    if resolve_engine(name) == "onnxruntime" and on_cpu:
+    if engine == "onnxruntime" and on_cpu:
         path = folder / f"{backbone.spec.name}-{backbone.weights_digest}-{layer}{'-flip' if flip_tta else ''}-{image_size}.onnx"
         return OnnxEngine(model, image_size, path, int8)
-    return TorchEngine(model, device, backbone.spec.channels_last)
+    return TorchEngine(model, device, backbone.spec.channels_last, backbone.spec.normalize)
 
 
 def scoring_engine(name: str, model: nn.Module, backbone: Backbone, image_size: int, n_images: int, key: str):

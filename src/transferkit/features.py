@@ -296,6 +296,8 @@ def extract_features(
             calibration_sources = calibration.samples if calibration is not None else samples
             int8 = _int8_calibration(calibration_sources, int8_print, transform) if quantize else None
             run = make_engine(engine, backbone, layer, size, root.parent / "engines", device=device, flip_tta=flip_tta, int8=int8)
+            if getattr(run, "uint8_input", False):
+                transform = backbone.transform(image_size, uint8=True)
             with _disk_errors(root):
                 _compute_chunks(run, transform, samples, order, todo, chunk_size, partial, batch_size, num_workers, progress, len(done))
         if fabric is not None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import math
 import logging
-import os
 import shutil
 import time
 import warnings
@@ -33,7 +32,7 @@ from torchvision.transforms import InterpolationMode, v2
 
 from transferkit.backbones import Backbone, BackboneSpec
 from transferkit.errors import TransferkitError
-from transferkit.loader import DecodedImages, ImageSource
+from transferkit.loader import DecodedImages, ImageSource, default_workers
 
 STRATEGIES = ("frozen", "finetune", "scratch")
 AUGMENTS = ("none", "light", "strong")
@@ -67,8 +66,8 @@ class FitConfig:
     seed: int = 0
     devices: int | str = "auto"  # "auto": one device; several (DDP relaunches the script) only when asked
     accelerator: str = "auto"
-    precision: str = "32-true"
-    num_workers: int | None = None  # None: min(2, CPUs) when there are several batches, else 0
+    precision: str = "auto"  # "auto": see resolve_precision
+    num_workers: int | None = None  # None: loader.default_workers
     num_nodes: int = 1  # machines, each running `devices` processes (Lightning's DDP)
     distributed: str = "auto"  # Lightning's strategy: "auto" or "ddp" (gloo on CPUs, NCCL on GPUs)
 
@@ -87,18 +86,21 @@ class FitResult:
     global_rank: int = 0  # under DDP every process returns; only rank 0 should write artifacts
 
 
-def train_transform(spec: BackboneSpec, image_size: int | None = None, augment: str = "light") -> v2.Compose:
-    """Random crops and flips ("light"), plus colour jitter, RandAugment and erasing ("strong")."""
+def train_transform(spec: BackboneSpec, image_size: int | None = None, augment: str = "light", uint8: bool = False) -> v2.Compose:
+    """Random crops and flips ("light"), plus colour jitter, RandAugment and erasing ("strong").
+
+    ``uint8``: stop before scaling; :class:`ImageClassifier` normalises on the device.
+    """
     if augment not in AUGMENTS:
         raise TransferkitError(f"unknown augment {augment!r}: use {', '.join(AUGMENTS)}")
     if augment == "none":
-        return spec.transform(image_size)
+        return spec.transform(image_size, uint8)
     size, mode, strong = spec.check_image_size(image_size), InterpolationMode(spec.interpolation), augment == "strong"
     ops = [v2.ToImage(), v2.RandomResizedCrop(size, scale=(0.25 if strong else 0.35, 1.0), interpolation=mode, antialias=True), v2.RandomHorizontalFlip()]
     if strong:  # erased patches get the mean colour, which normalises to zero
         mean_pixel = [round(255 * m) for m in spec.mean]
         ops += [v2.ColorJitter(0.2, 0.2, 0.2), v2.RandAugment(num_ops=2, magnitude=9, interpolation=mode), v2.RandomErasing(0.25, value=mean_pixel)]
-    return v2.Compose(ops + [v2.ToDtype(torch.float32, scale=True), v2.Normalize(spec.mean, spec.std)])
+    return v2.Compose(ops + ([] if uint8 else spec.scaling()))
 
 
 class LabeledImages(Dataset):
@@ -185,6 +187,13 @@ class ImageClassifier(L.LightningModule):
 
     def on_fit_start(self) -> None:
         self.backbone.to(memory_format=self.memory_format)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Images come as uint8 for a GPU (a quarter of the bytes out of the workers) and are normalised here."""
+        images, labels, failures = batch
+        if images is not None and images.dtype == torch.uint8:
+            images = self.backbone.spec.normalize(images)
+        return images, labels, failures
 
     def _step(self, batch, split: str):
         images, labels, failures = batch
@@ -327,13 +336,25 @@ def _check(c: FitConfig, backbone: Backbone) -> None:
             raise TransferkitError(message)
 
 
+def on_gpu(config: FitConfig) -> bool:
+    """Whether Lightning's Trainer will run on a GPU."""
+    return config.accelerator in ("gpu", "cuda") or (config.accelerator == "auto" and torch.cuda.is_available())
+
+
+def resolve_precision(config: FitConfig) -> str:
+    """``auto``: bf16-mixed on a GPU that has bfloat16, else 32-true (on the CPU bfloat16 made training slower)."""
+    if config.precision != "auto":
+        return config.precision
+    return "bf16-mixed" if on_gpu(config) and torch.cuda.is_bf16_supported() else "32-true"
+
+
 def _loader(dataset: LabeledImages, config: FitConfig, sampler: Sampler | None) -> DataLoader:
-    n, size = len(dataset), config.batch_size
-    workers = (min(2, os.cpu_count() or 1) if n > size else 0) if config.num_workers is None else config.num_workers
+    n, size, gpu = len(dataset), config.batch_size, on_gpu(config)
+    workers = default_workers(n, size, gpu=gpu, training=True) if config.num_workers is None else config.num_workers
     # A lone image in the last batch breaks BatchNorm in training mode; shuffled, a different one waits each epoch.
     drop_last = sampler is not None and n > 1 and n % size == 1
     # Workers are not persistent: each epoch's take their seeds from the checkpointed RNG, so a resume replays them.
-    return DataLoader(dataset, batch_size=size, sampler=sampler, num_workers=workers, collate_fn=collate, drop_last=drop_last)
+    return DataLoader(dataset, batch_size=size, sampler=sampler, num_workers=workers, collate_fn=collate, drop_last=drop_last, pin_memory=gpu)
 
 
 def _read_csv(path: Path) -> list[dict]:
@@ -358,7 +379,7 @@ def _resumed_epoch(last: Path) -> int:
 def _trainer(config: FitConfig, run_dir: Path, callbacks: list, progress: bool, n_batches: int) -> L.Trainer:
     try:
         return L.Trainer(
-            max_epochs=config.epochs, accelerator=config.accelerator, precision=config.precision,
+            max_epochs=config.epochs, accelerator=config.accelerator, precision=resolve_precision(config),
             devices=1 if config.devices == "auto" else config.devices, num_nodes=config.num_nodes,
             strategy=config.distributed, default_root_dir=run_dir,
             logger=CSVLogger(run_dir, name="", version="logs"), callbacks=callbacks,
@@ -403,8 +424,9 @@ def fit(
     sampler = EpochSampler(len(train_labels), config.seed, (1.0 / counts)[train_labels] if config.balance == "sampler" else None)
     if resume:  # Lightning makes the first epoch's iterator before it calls set_epoch
         sampler.set_epoch(_resumed_epoch(last))
-    train_loader = _loader(LabeledImages(train[0], train_labels, train_transform(backbone.spec, image_size, config.augment)), config, sampler)
-    val_loader = _loader(LabeledImages(val[0], val_labels, backbone.transform(image_size)), config, None)
+    uint8 = on_gpu(config)  # normalised on the device: see ImageClassifier.on_after_batch_transfer
+    train_loader = _loader(LabeledImages(train[0], train_labels, train_transform(backbone.spec, image_size, config.augment, uint8)), config, sampler)
+    val_loader = _loader(LabeledImages(val[0], val_labels, backbone.transform(image_size, uint8)), config, None)
 
     model = ImageClassifier(backbone, config, class_weights)
     # Both saved at the end of each training epoch, after validation, so each holds its epoch's history row;

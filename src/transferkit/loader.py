@@ -58,11 +58,16 @@ def _collate(items) -> Batch:
     )
 
 
-def default_workers(n_items: int, batch_size: int) -> int:
-    """Workers pay off only when there is more than one batch to decode."""
+def default_workers(n_items: int, batch_size: int, *, gpu: bool | None = None, training: bool = False) -> int:
+    """DataLoader workers for ``n_items`` images: none for a single batch; on a CPU few, since they
+    share the cores with the network (fewer while it trains); for a GPU (default: whether there is
+    one) as many as the CPU can spare, up to 16."""
     if n_items <= batch_size:
         return 0
-    return min(4, os.cpu_count() or 1)
+    cpus = os.cpu_count() or 1
+    if torch.cuda.is_available() if gpu is None else gpu:
+        return max(1, min(16, cpus - 1))
+    return min(2 if training else 4, cpus)
 
 
 def iterate_batches(

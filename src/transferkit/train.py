@@ -60,7 +60,7 @@ class TrainOptions:
     devices: str = "auto"
     num_nodes: int = 1
     distributed: str = "auto"
-    precision: str = "32-true"
+    precision: str = "auto"
     num_workers: int | None = None
 
     def check(self) -> None:

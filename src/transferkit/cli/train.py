@@ -41,7 +41,7 @@ def train(
     devices: str = typer.Option("auto", "--devices", help="Lightning devices: auto (one: a GPU when there is one) or a number."),
     num_nodes: int = typer.Option(1, "--num-nodes", min=1, help="Machines (Lightning DDP; launch as docs/scale-out.md says)."),
     distributed: str = typer.Option("auto", "--distributed", help="Lightning strategy: auto or ddp."),
-    precision: str = typer.Option("32-true", "--precision", help="32-true, 16-mixed or bf16-mixed."),
+    precision: str = typer.Option("auto", "--precision", help="auto (bf16-mixed on a GPU with bfloat16, else 32-true), 32-true, 16-mixed or bf16-mixed."),
     num_workers: int = typer.Option(None, "--workers", min=0),
     resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --out."),
     engine: str = ENGINE,
