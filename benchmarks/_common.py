@@ -39,7 +39,8 @@ def machine() -> str:
 
     isa = torch.backends.cpu.get_cpu_capability()
     vnni = "VNNI" if flags & {"avx512_vnni", "avx_vnni"} else "no VNNI"
-    return f"{os.cpu_count()} cores, {cpu} ({isa}, {vnni}), torch {torch.__version__}, Python {platform.python_version()}"
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"{os.cpu_count()} cores, {cpu} ({isa}, {vnni}){gpu}, torch {torch.__version__}, Python {platform.python_version()}"
 
 
 def record(title: str, command: str, lines: list[str]) -> None:

@@ -46,6 +46,9 @@ CONFIGS = {
     "finetune-500-e10-ls": {"strategy": "finetune", "per_class": 500, "image_size": 128, "epochs": 10, "lr": 3e-3, "augment": "light", "batch_size": 64, "label_smoothing": 0.1},
     "finetune-500": {"strategy": "finetune", "per_class": 500, "image_size": 128, "epochs": 8, "lr": 3e-3, "augment": "light", "batch_size": 64},
     "finetune-full-64": {"strategy": "finetune", "image_size": 64, "epochs": 4, "lr": 3e-3, "augment": "light", "batch_size": 64},
+    # For a GPU: the whole network from the first step, at the native size and at 128 px.
+    "finetune-full-224-e3": {"strategy": "finetune", "epochs": 3, "head_epochs": 0, "lr": 3e-3, "augment": "light", "batch_size": 128},
+    "finetune-full-128-e3": {"strategy": "finetune", "image_size": 128, "epochs": 3, "head_epochs": 0, "lr": 3e-3, "augment": "light", "batch_size": 128},
 }
 
 
