@@ -52,15 +52,10 @@ CONFIGS = {
 }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("configs", nargs="+", choices=sorted(CONFIGS))
-    parser.add_argument("--model", default="efficientnet_lite0")
-    parser.add_argument("--cache-dir", default=str(ROOT / ".data" / "bench-cache"), help="feature cache (an empty folder: a cold run)")
-    parser.add_argument("--keep-runs", metavar="DIR", help="keep each run folder under DIR (default: a temporary folder)")
-    args = parser.parse_args()
+def cifar10_dataset():
+    """CIFAR-10's JPEG folders with 100 validation images per class; the rest of the held-out
+    10,000 go back to training (49,000 images), the test set is the full 10,000."""
     dataset = load_data(str(cifar10_folder()))
-    # Validation needs only 100 images per class; the rest of the held-out 10,000 go back to training.
     val = dataset.val.per_class(100, seed=0)
     kept = set(map(str, val.samples))
     rest = [i for i, s in enumerate(dataset.val.samples) if str(s) not in kept]
@@ -68,6 +63,17 @@ def main() -> None:
     dataset.splits["train"] = LabelledImages(list(dataset.train.samples) + list(extra.samples), np.concatenate([dataset.train.labels, extra.labels]),
                                              dataset.classes, root=dataset.train.root)  # fmt: skip
     dataset.splits["val"] = val
+    return dataset
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("configs", nargs="+", choices=sorted(CONFIGS))
+    parser.add_argument("--model", default="efficientnet_lite0")
+    parser.add_argument("--cache-dir", default=str(ROOT / ".data" / "bench-cache"), help="feature cache (an empty folder: a cold run)")
+    parser.add_argument("--keep-runs", metavar="DIR", help="keep each run folder under DIR (default: a temporary folder)")
+    args = parser.parse_args()
+    dataset = cifar10_dataset()
     lines = ["| config | options | train images | test acc | wall s | features cached | head chosen |", "|---|---|---|---|---|---|---|"]
     for name in args.configs:
         options = {"model": args.model, "cache_dir": args.cache_dir, **CONFIGS[name]}

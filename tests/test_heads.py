@@ -98,3 +98,17 @@ def test_mlp_head_is_reproducible_for_a_seed(blobs):
     first, second, other = (MLPHead(hidden=16, epochs=3, min_steps=10, random_state=seed).fit(X, y) for seed in (0, 0, 1))
     assert np.array_equal(first.predict_proba(X), second.predict_proba(X))
     assert not np.array_equal(first.predict_proba(X), other.predict_proba(X))
+
+
+def test_linear_head_fits_with_one_blas_thread_and_gives_the_pool_back(monkeypatch):
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():
+        return {info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"}
+
+    before, seen = blas_threads(), []
+    original = LinearHead._fit
+    monkeypatch.setattr(LinearHead, "_fit", lambda self, X, y: seen.append(blas_threads()) or original(self, X, y))
+    X, y = np.random.default_rng(0).normal(size=(60, 5)), np.arange(60) % 3
+    LinearHead(C=1.0).fit(X, y)
+    assert seen == [{1}] and blas_threads() == before
