@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision.transforms import v2
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import cifar10_folder, command_line, record  # noqa: E402
@@ -70,7 +69,7 @@ def main() -> None:
     backbone = build_backbone("efficientnet_lite0").eval()
     size = backbone.spec.input_size
     extract_tf, train_tf = backbone.transform(size), train_transform(backbone.spec, size, "light")
-    uint8_tf = v2.Compose([v2.ToImage(), v2.Resize(size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True)])
+    uint8_tf = backbone.transform(size, uint8=True)
     lines = [f"{len(paths)} CIFAR-10 test images at {size} px, efficientnet_lite0", "", "| stage | variant | img/s |", "|---|---|---|"]
 
     def row(stage: str, variant: str, rate: float) -> None:
@@ -81,7 +80,7 @@ def main() -> None:
         row("loader", f"extraction transform, float32, batch 32, workers {workers or 'default'}", loader_rate(paths, extract_tf, 32, workers))
     row("loader", "extraction transform, float32, batch 256, default workers", loader_rate(paths, extract_tf, 256, None))
     row("loader", "extraction transform, float32, batch 32, default workers, copied to the device", loader_rate(paths, extract_tf, 32, None, True))
-    row("loader", "uint8 resized, batch 32, default workers", loader_rate(paths, uint8_tf, 32, None))
+    row("loader", "extraction transform stopped at uint8, batch 32, default workers", loader_rate(paths, uint8_tf, 32, None))
     row("loader", "training transform, float32, batch 128, default workers", loader_rate(paths, train_tf, 128, None))
     images = torch.cat([b.images for b in iterate_batches(paths[:1024], extract_tf, batch_size=256)])
     reference = backbone.features(images[:64], "penultimate").detach()  # float32 on the CPU

@@ -245,6 +245,34 @@ def test_torch_engine_normalises_uint8_images_itself(resnet):
 
     image = np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)
     engine = TorchEngine(LayerFeatures(resnet, "penultimate"), "cpu", normalize=resnet.spec.normalize)
-    assert not engine.uint8_input  # on a CPU the workers normalise: no gain in moving it
     raw, scaled = resnet.transform(40, uint8=True)(image)[None], resnet.transform(40)(image)[None]
     np.testing.assert_allclose(engine(raw), engine(scaled), atol=1e-5)
+
+
+def test_float32_convolutions_switch_cudnn_from_tf32_and_back():
+    from transferkit.engines import float32_convolutions
+
+    before = torch.backends.cudnn.allow_tf32
+    with float32_convolutions():
+        assert torch.backends.cudnn.allow_tf32 is False
+    assert torch.backends.cudnn.allow_tf32 == before
+
+
+def test_a_gpu_engine_gets_uint8_images_and_onnxruntime_is_not_imported_for_it(tmp_path, images, resnet, monkeypatch):
+    from transferkit import engines
+
+    seen = []
+
+    class GpuEngine:  # what make_engine gives beside a GPU, without needing one
+        device = torch.device("cuda")
+
+        def __call__(self, batch):
+            seen.append(batch.dtype)
+            return np.zeros((len(batch), 4), np.float32)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(engines, "onnxruntime_available", lambda: pytest.fail("ONNX Runtime looked for beside a GPU"))
+    assert engines.resolve_engine("auto", 5000) == "torch"
+    monkeypatch.setattr(engines, "make_engine", lambda *args, **kwargs: GpuEngine())
+    _extract(images, resnet, tmp_path, engine="auto")
+    assert seen and set(seen) == {torch.uint8}

@@ -111,4 +111,5 @@ def test_linear_head_fits_with_one_blas_thread_and_gives_the_pool_back(monkeypat
     monkeypatch.setattr(LinearHead, "_fit", lambda self, X, y: seen.append(blas_threads()) or original(self, X, y))
     X, y = np.random.default_rng(0).normal(size=(60, 5)), np.arange(60) % 3
     LinearHead(C=1.0).fit(X, y)
-    assert seen == [{1}] and blas_threads() == before
+    LinearHead(C=1.0, blas_threads=None).fit(X, y)
+    assert seen == [{1}, before] and blas_threads() == before

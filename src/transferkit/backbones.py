@@ -99,8 +99,8 @@ class BackboneSpec:
         return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.mean, self.std)]
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """:meth:`scaling` for a batch of uint8 images where they are (a GPU): a float32 image is a
-        quarter the size of a uint8 one, and copying it out of the loader's workers bounds GPU
+        """:meth:`scaling` for a batch of uint8 images where they are (a GPU): a uint8 image is a
+        quarter the bytes of a float32 one, and copying images out of the loader's workers bounds GPU
         extraction (benchmarks/gpu_input.py)."""
         mean = torch.tensor(self.mean, device=images.device).view(1, 3, 1, 1) * 255
         std = torch.tensor(self.std, device=images.device).view(1, 3, 1, 1) * 255

@@ -53,16 +53,10 @@ def default_device() -> torch.device:
 
 @contextlib.contextmanager
 def float32_convolutions():
-    """cuDNN convolutions in true float32: its default TF32 moves Lite0's features up to 3e-2 away
-    from the CPU's, float32 keeps them within 2e-5 (benchmarks/gpu_input.py)."""
-    conv = getattr(torch.backends.cudnn, "conv", None)
-    if conv is not None and hasattr(conv, "fp32_precision"):  # torch >= 2.9 refuses mixing this with allow_tf32
-        before, conv.fp32_precision = conv.fp32_precision, "ieee"
-        try:
-            yield
-        finally:
-            conv.fp32_precision = before
-        return
+    """cuDNN in true float32: its default TF32 put Lite0's features up to 3.3e-2 from the CPU's on
+    an H200, float32 within 1.1e-5 (benchmarks/gpu_input.py, through this same flag). The legacy
+    flag: once torch >= 2.9's per-operator flags are set, reading the legacy one raises, and other
+    code may still read it."""
     before, torch.backends.cudnn.allow_tf32 = torch.backends.cudnn.allow_tf32, False
     try:
         yield
@@ -70,11 +64,16 @@ def float32_convolutions():
         torch.backends.cudnn.allow_tf32 = before
 
 
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """"cuda" and "cuda:0" are one device (the current one, taken as 0)."""
+    return a.type == b.type and (a.index or 0) == (b.index or 0)
+
+
 class TorchEngine:
     """``model`` run eagerly: inference mode, on ``device`` (default: :func:`default_device`), channels-last where that is faster.
 
     With ``normalize`` (the backbone's :meth:`~transferkit.backbones.BackboneSpec.normalize`) it also
-    takes uint8 images and normalises them on the device; ``uint8_input`` says whether that pays.
+    takes uint8 images and normalises them on the device, which pays on a GPU.
     """
 
     name = "torch"
@@ -82,9 +81,8 @@ class TorchEngine:
     def __init__(self, model: nn.Module, device: torch.device | str | None = None, channels_last: bool = False, normalize=None):
         self.channels_last, self.normalize = channels_last, normalize
         self.device = torch.device(device) if device is not None else default_device()
-        self.uint8_input = normalize is not None and self.device.type == "cuda"
         self.model = model.eval()
-        if any(p.device != self.device for p in model.parameters()):  # a copy: the caller's model stays on its device
+        if any(not _same_device(p.device, self.device) for p in model.parameters()):  # a copy: the caller's model stays where it is
             self.model = copy.deepcopy(model).to(self.device)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -111,6 +109,7 @@ class OnnxEngine:
     """``model`` exported once to ``path`` (and quantised, with ``int8``), run by ONNX Runtime after a parity check."""
 
     name = "onnxruntime"
+    device = torch.device("cpu")  # the CPU build of ONNX Runtime
 
     def __init__(self, model: nn.Module, image_size: int, path: Path, int8: Int8Calibration | None = None):
         import onnxruntime

@@ -27,7 +27,7 @@ from filelock import FileLock
 
 from transferkit.backbones import Backbone, build_backbone
 from transferkit.errors import TransferkitError
-from transferkit.loader import ImageSource, iterate_batches
+from transferkit.loader import ImageSource, default_workers, iterate_batches
 from transferkit.weights import sha256_file
 
 CACHE_VERSION = 2  # 2: smaller images resized without border cropping
@@ -296,8 +296,11 @@ def extract_features(
             calibration_sources = calibration.samples if calibration is not None else samples
             int8 = _int8_calibration(calibration_sources, int8_print, transform) if quantize else None
             run = make_engine(engine, backbone, layer, size, root.parent / "engines", device=device, flip_tta=flip_tta, int8=int8)
-            if getattr(run, "uint8_input", False):
+            on_gpu = run.device.type == "cuda"
+            if on_gpu:  # uint8 out of the workers, a quarter of float32's bytes; the engine normalises on the GPU
                 transform = backbone.transform(image_size, uint8=True)
+            if num_workers is None:
+                num_workers = default_workers(len(order), batch_size, gpu=on_gpu)
             with _disk_errors(root):
                 _compute_chunks(run, transform, samples, order, todo, chunk_size, partial, batch_size, num_workers, progress, len(done))
         if fabric is not None:

@@ -189,10 +189,11 @@ class ImageClassifier(L.LightningModule):
         self.backbone.to(memory_format=self.memory_format)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        """Images come as uint8 for a GPU (a quarter of the bytes out of the workers) and are normalised here."""
+        """Images come as uint8 for a GPU (a quarter of float32's bytes out of the workers) and are normalised
+        here, then given the precision's input type, which Lightning sets before the transfer."""
         images, labels, failures = batch
         if images is not None and images.dtype == torch.uint8:
-            images = self.backbone.spec.normalize(images)
+            images = self.trainer.precision_plugin.convert_input(self.backbone.spec.normalize(images))
         return images, labels, failures
 
     def _step(self, batch, split: str):
@@ -342,10 +343,11 @@ def on_gpu(config: FitConfig) -> bool:
 
 
 def resolve_precision(config: FitConfig) -> str:
-    """``auto``: bf16-mixed on a GPU that has bfloat16, else 32-true (on the CPU bfloat16 made training slower)."""
+    """``auto``: bf16-mixed on a GPU with native bfloat16 (Ampere and later), else 32-true (on the CPU
+    bfloat16 made training slower)."""
     if config.precision != "auto":
         return config.precision
-    return "bf16-mixed" if on_gpu(config) and torch.cuda.is_bf16_supported() else "32-true"
+    return "bf16-mixed" if on_gpu(config) and torch.cuda.is_bf16_supported(including_emulation=False) else "32-true"
 
 
 def _loader(dataset: LabeledImages, config: FitConfig, sampler: Sampler | None) -> DataLoader:

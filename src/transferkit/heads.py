@@ -90,22 +90,25 @@ class LinearHead(ClassifierMixin, BaseEstimator):
 
     C_GRIDS = {"standard": (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 1.0), "power-l2": (1.0, 3.0, 10.0, 30.0, 100.0)}
 
-    def __init__(self, C: float | None = None, scaling: str | None = None, max_iter: int = 1000, cv_max_samples: int = 5000, random_state: int = 0):
+    def __init__(self, C: float | None = None, scaling: str | None = None, max_iter: int = 1000, cv_max_samples: int = 5000, random_state: int = 0,
+                 blas_threads: int | None = 1):  # fmt: skip
         self.C = C
         self.scaling = scaling
         self.max_iter = max_iter
         self.cv_max_samples = cv_max_samples
         self.random_state = random_state
+        self.blas_threads = blas_threads
 
     def _scale(self, X, scaling: str | None = None):
         X = np.asarray(X, dtype=np.float32)
         return self.scaler_.transform(X) if (scaling or self.scaling_) == "standard" else power_l2(X)
 
     def fit(self, X, y):
-        # One BLAS thread: L-BFGS interleaves short serial steps with BLAS calls, and the BLAS pool's
-        # hand-offs cost more than its threads gain on these thin products. On 2 cores the fit on
-        # full CIFAR-10 features took 0.47x the time, same choice of C (benchmarks/linear_threads.py).
-        with threadpool_limits(1, user_api="blas"):
+        # ``blas_threads`` (None: the BLAS pool's default): L-BFGS interleaves short serial steps with
+        # BLAS calls, and on 2 cores the pool's hand-offs cost more than its second thread gains on
+        # these thin products: one thread fitted full CIFAR-10 features in 0.47x the time, with the
+        # same choice of C (benchmarks/linear_threads.py). Machines with more cores are unmeasured.
+        with threadpool_limits(self.blas_threads, user_api="blas"):
             return self._fit(X, y)
 
     def _fit(self, X, y):

@@ -64,7 +64,7 @@ def default_workers(n_items: int, batch_size: int, *, gpu: bool | None = None, t
     one) as many as the CPU can spare, up to 16."""
     if n_items <= batch_size:
         return 0
-    cpus = os.cpu_count() or 1
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # a container's share
     if torch.cuda.is_available() if gpu is None else gpu:
         return max(1, min(16, cpus - 1))
     return min(2 if training else 4, cpus)
