@@ -347,7 +347,13 @@ def resolve_precision(config: FitConfig) -> str:
     bfloat16 made training slower)."""
     if config.precision != "auto":
         return config.precision
-    return "bf16-mixed" if on_gpu(config) and torch.cuda.is_bf16_supported(including_emulation=False) else "32-true"
+    if not on_gpu(config):
+        return "32-true"
+    try:
+        native = torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # torch < 2.3 counts native bfloat16 only
+        native = torch.cuda.is_bf16_supported()
+    return "bf16-mixed" if native else "32-true"
 
 
 def _loader(dataset: LabeledImages, config: FitConfig, sampler: Sampler | None) -> DataLoader:
