@@ -259,4 +259,4 @@ def scoring_engine(name: str, model: nn.Module, backbone: Backbone, image_size: 
         from transferkit.features import cache_root
 
         return OnnxEngine(model, image_size, cache_root().parent / "engines" / f"{key}-{image_size}.onnx")
-    return TorchEngine(model, None, backbone.spec.channels_last)
+    return TorchEngine(model, None, backbone.spec.channels_last, backbone.spec.normalize)
