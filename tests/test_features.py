@@ -256,6 +256,18 @@ def test_float32_convolutions_switch_cudnn_from_tf32_and_back():
     with float32_convolutions():
         assert torch.backends.cudnn.allow_tf32 is False
     assert torch.backends.cudnn.allow_tf32 == before
+    cudnn = torch.backends.cudnn
+    if not hasattr(getattr(cudnn, "conv", None), "fp32_precision"):
+        return  # torch < 2.9: no per-operator flags
+    conv, rnn = cudnn.conv.fp32_precision, cudnn.rnn.fp32_precision
+    try:  # a user's per-operator flags set apart make the legacy flag unreadable: the conv flag is used
+        cudnn.conv.fp32_precision, cudnn.rnn.fp32_precision = "tf32", "ieee"
+        with float32_convolutions():
+            assert cudnn.conv.fp32_precision == "ieee"
+        assert (cudnn.conv.fp32_precision, cudnn.rnn.fp32_precision) == ("tf32", "ieee")
+    finally:
+        cudnn.conv.fp32_precision, cudnn.rnn.fp32_precision = conv, rnn
+    assert torch.backends.cudnn.allow_tf32 == before
 
 
 def test_a_gpu_engine_gets_uint8_images_and_onnxruntime_is_not_imported_for_it(tmp_path, images, resnet, monkeypatch):

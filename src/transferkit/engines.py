@@ -57,11 +57,21 @@ def float32_convolutions():
     an H200, float32 within 1.1e-5 (benchmarks/gpu_input.py, through this same flag). The legacy
     flag: once torch >= 2.9's per-operator flags are set, reading the legacy one raises, and other
     code may still read it."""
-    before, torch.backends.cudnn.allow_tf32 = torch.backends.cudnn.allow_tf32, False
+    cudnn = torch.backends.cudnn
+    try:
+        before = cudnn.allow_tf32
+    except RuntimeError:  # someone set those per-operator flags apart: only the convolutions' then
+        before, cudnn.conv.fp32_precision = cudnn.conv.fp32_precision, "ieee"
+        try:
+            yield
+        finally:
+            cudnn.conv.fp32_precision = before
+        return
+    cudnn.allow_tf32 = False
     try:
         yield
     finally:
-        torch.backends.cudnn.allow_tf32 = before
+        cudnn.allow_tf32 = before
 
 
 def _same_device(a: torch.device, b: torch.device) -> bool:
