@@ -311,19 +311,21 @@ def test_resume_after_sigkill_continues_the_same_run(tmp_path):
 
 
 def test_precision_auto_is_bf16_mixed_on_a_bfloat16_gpu_only(monkeypatch):
-    from transferkit.finetune import _loader, LabeledImages, resolve_precision
+    from transferkit.finetune import _loader, LabeledImages, on_gpu, resolve_precision
 
     assert resolve_precision(FitConfig(precision="16-mixed")) == "16-mixed"  # what the user asked for stays
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)  # a 16-core machine
+    dataset = LabeledImages(*make_data(64, 0), transform=None)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert resolve_precision(FitConfig()) == "32-true"
-    cpu_loader = _loader(LabeledImages(*make_data(64, 0), transform=None), FitConfig(batch_size=8), None)
-    assert cpu_loader.num_workers <= 2 and not cpu_loader.pin_memory
+    assert resolve_precision(FitConfig()) == "32-true" and not on_gpu(FitConfig())
+    cpu_loader = _loader(dataset, FitConfig(batch_size=8), None, on_gpu(FitConfig()))
+    assert (cpu_loader.num_workers, cpu_loader.pin_memory) == (2, False)  # workers share the cores with training
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     assert resolve_precision(FitConfig()) == "bf16-mixed"
-    assert resolve_precision(FitConfig(accelerator="cpu")) == "32-true"
-    gpu_loader = _loader(LabeledImages(*make_data(64, 0), transform=None), FitConfig(batch_size=8), None)
-    assert gpu_loader.pin_memory and gpu_loader.num_workers > cpu_loader.num_workers or os.cpu_count() <= 2
+    assert resolve_precision(FitConfig(accelerator="cpu")) == "32-true" and not on_gpu(FitConfig(accelerator="cpu"))
+    gpu_loader = _loader(dataset, FitConfig(batch_size=8), None, on_gpu(FitConfig()))
+    assert (gpu_loader.num_workers, gpu_loader.pin_memory) == (15, True)  # all cores but the trainer's
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     assert resolve_precision(FitConfig()) == "32-true"
 

@@ -356,8 +356,8 @@ def resolve_precision(config: FitConfig) -> str:
     return "bf16-mixed" if native else "32-true"
 
 
-def _loader(dataset: LabeledImages, config: FitConfig, sampler: Sampler | None) -> DataLoader:
-    n, size, gpu = len(dataset), config.batch_size, on_gpu(config)
+def _loader(dataset: LabeledImages, config: FitConfig, sampler: Sampler | None, gpu: bool) -> DataLoader:
+    n, size = len(dataset), config.batch_size
     workers = default_workers(n, size, gpu=gpu, training=True) if config.num_workers is None else config.num_workers
     # A lone image in the last batch breaks BatchNorm in training mode; shuffled, a different one waits each epoch.
     drop_last = sampler is not None and n > 1 and n % size == 1
@@ -432,9 +432,9 @@ def fit(
     sampler = EpochSampler(len(train_labels), config.seed, (1.0 / counts)[train_labels] if config.balance == "sampler" else None)
     if resume:  # Lightning makes the first epoch's iterator before it calls set_epoch
         sampler.set_epoch(_resumed_epoch(last))
-    uint8 = on_gpu(config)  # normalised on the device: see ImageClassifier.on_after_batch_transfer
-    train_loader = _loader(LabeledImages(train[0], train_labels, train_transform(backbone.spec, image_size, config.augment, uint8)), config, sampler)
-    val_loader = _loader(LabeledImages(val[0], val_labels, backbone.transform(image_size, uint8)), config, None)
+    gpu = on_gpu(config)  # uint8 images, normalised on the device: see ImageClassifier.on_after_batch_transfer
+    train_loader = _loader(LabeledImages(train[0], train_labels, train_transform(backbone.spec, image_size, config.augment, gpu)), config, sampler, gpu)
+    val_loader = _loader(LabeledImages(val[0], val_labels, backbone.transform(image_size, gpu)), config, None, gpu)
 
     model = ImageClassifier(backbone, config, class_weights)
     # Both saved at the end of each training epoch, after validation, so each holds its epoch's history row;
