@@ -43,6 +43,14 @@ def machine() -> str:
     return f"{os.cpu_count()} cores, {cpu} ({isa}, {vnni}){gpu}, torch {torch.__version__}, Python {platform.python_version()}"
 
 
+def synchronize(device) -> None:
+    """Wait for the device's queued work, so that a host clock times it (a no-op on the CPU)."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def record(title: str, command: str, lines: list[str]) -> None:
     """Print the figures and append them, with the command, machine and date, to BENCHMARKS.md."""
     print("\n".join(lines))

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import cifar10_folder, command_line, record  # noqa: E402
+from _common import cifar10_folder, command_line, record, synchronize  # noqa: E402
 
 from transferkit import build_backbone  # noqa: E402
 from transferkit.engines import LayerFeatures  # noqa: E402
@@ -31,17 +31,12 @@ from transferkit.loader import iterate_batches  # noqa: E402
 DEVICE = torch.device("cuda")
 
 
-def synchronize() -> None:
-    if DEVICE.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def loader_rate(paths, transform, batch_size: int, workers: int | None, to_device: bool = False) -> float:
     started = time.perf_counter()
     for batch in iterate_batches(paths, transform, batch_size=batch_size, num_workers=workers):
         if to_device:
             batch.images.to(DEVICE)
-    synchronize()
+    synchronize(DEVICE)
     return len(paths) / (time.perf_counter() - started)
 
 
@@ -51,10 +46,10 @@ def network_rate(model, images: torch.Tensor, batch_size: int, channels_last: bo
     batches = [b.to(DEVICE).contiguous(memory_format=layout) for b in images.split(batch_size)]
     with torch.backends.cudnn.flags(enabled=True, allow_tf32=tf32), torch.inference_mode():
         model(batches[0])  # warm-up
-        synchronize()
+        synchronize(DEVICE)
         started = time.perf_counter()
         out = torch.cat([model(b).float() for b in batches])
-        synchronize()
+        synchronize(DEVICE)
     return len(images) / (time.perf_counter() - started), out.cpu()
 
 

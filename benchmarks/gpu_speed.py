@@ -27,7 +27,7 @@ from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import cifar10_folder, command_line, record  # noqa: E402
+from _common import cifar10_folder, command_line, record, synchronize  # noqa: E402
 from extract_speed import calibrate  # noqa: E402
 
 from transferkit import build_backbone  # noqa: E402
@@ -37,20 +37,15 @@ from transferkit.features import extract_features  # noqa: E402
 DEVICE = torch.device("cuda")  # --device cpu: a dry run of this script on a machine without a GPU
 
 
-def synchronize() -> None:
-    if DEVICE.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def synchronised_seconds(fn, reps: int) -> float:
     """Mean seconds per call after three warm-up calls (cuDNN picks its kernels on the first)."""
     for _ in range(3):
         fn()
-    synchronize()
+    synchronize(DEVICE)
     started = time.perf_counter()
     for _ in range(reps):
         fn()
-    synchronize()
+    synchronize(DEVICE)
     return (time.perf_counter() - started) / reps
 
 
@@ -62,7 +57,7 @@ def bf16_matmul_tflops(n: int = 8192) -> float:
 def plain_loop(backbone, transform, paths, batch_size) -> tuple[np.ndarray, float]:
     model = backbone.to(DEVICE).eval()
     features = []
-    synchronize()
+    synchronize(DEVICE)
     started = time.perf_counter()
     with torch.no_grad():
         for start in range(0, len(paths), batch_size):
@@ -89,7 +84,7 @@ def extraction(args, paths) -> list[str]:
         ours = {}
         with tempfile.TemporaryDirectory() as cache:
             for batch in (args.batch_size, args.big_batch):
-                synchronize()
+                synchronize(DEVICE)
                 started = time.perf_counter()
                 entry = extract_features(paths, np.zeros(len(paths), int), backbone, data_fingerprint=f"gpu-{batch}", batch_size=batch,
                                          cache_dir=cache, progress=False)  # fmt: skip
