@@ -33,7 +33,14 @@ def test_backbone_contract(name):
 
     backbone.reset_classifier(3)
     with torch.inference_mode():
-        assert backbone(x).shape == (2, 3)
+        logits = backbone(x)
+        assert logits.shape == (2, 3)
+        # From any layer group's output on, the rest of the network gives the same logits (--cache-frozen).
+        for group in range(1, len(spec.layer_groups) + 1):
+            output = backbone.group_output(x, group)
+            kept = output.clone()
+            assert torch.allclose(backbone.forward_from(output, group, size), logits, atol=1e-5), group
+            assert torch.equal(output, kept), group  # in-place glue (ReLU) left the caller's tensor alone
 
     # Layer groups cover every body parameter exactly once, from input to output.
     grouped = [n for group in spec.layer_groups for path in group for n, _ in backbone.body.get_submodule(path).named_parameters(prefix=path)]

@@ -154,9 +154,10 @@ def test_scratch_trains_everything(tmp_path):
     assert [g["peak_lr"] for g in groups] == pytest.approx([5e-3, 5e-3])
 
 
-def test_learning_rates_follow_a_cosine_over_the_epochs(tmp_path):
+def test_learning_rates_follow_a_cosine_over_the_steps(tmp_path):
     result, _ = run(tmp_path, strategy="finetune", epochs=4, head_epochs=1, lr=1e-2, backbone_lr_mult=0.1)
-    factors = [0.5 * (1 + math.cos(math.pi * epoch / 4)) for epoch in range(4)]
+    steps = 3  # 24 images in batches of 8; the history and the checkpoint hold each epoch's last step's rate
+    factors = [0.5 * (1 + math.cos(math.pi * (epoch + (steps - 1) / steps) / 4)) for epoch in range(4)]
     assert [row["lr"] for row in result.history] == pytest.approx([1e-2 * f for f in factors])
     groups = last_checkpoint(tmp_path)["optimizer_states"][0]["param_groups"]
     assert [g["peak_lr"] for g in groups] == pytest.approx([1e-2, 1e-3, 1e-3, 1e-3])  # head, then lenet's 3 groups
@@ -341,3 +342,47 @@ def test_uint8_batches_are_normalised_on_the_device_in_the_precision_s_type(tmp_
     tolerance = 1e-4 if precision == "32-true" else 2e-2
     assert uint8_run.history[0]["train_loss"] == pytest.approx(float_run.history[0]["train_loss"], rel=tolerance)
     assert uint8_run.history[0]["val_acc"] == pytest.approx(float_run.history[0]["val_acc"], abs=0.1)
+
+
+@pytest.mark.parametrize("strategy, from_group, trained", [("finetune", 4, "layer4."), ("frozen", 5, None)])
+def test_training_on_cached_group_outputs_scores_the_same_on_images(tmp_path, strategy, from_group, trained):
+    """from_group: the frozen groups never run in training; the trained network, given the images
+    themselves, gives the validation accuracy measured on their cached outputs."""
+    from PIL import Image
+
+    backbone = build_backbone("resnet18", pretrained=False)
+    before = {k: v.clone() for k, v in backbone.body.state_dict().items()}
+    transform = backbone.transform(32)
+    (train_images, train_labels), (val_images, val_labels) = make_data(12, 0), make_data(9, 1)
+
+    def pixels(images):
+        return torch.stack([transform(Image.fromarray(image)) for image in images])
+
+    def outputs(images):
+        with torch.inference_mode():
+            return backbone.eval().group_output(pixels(images), from_group).flatten(1).numpy()
+
+    settings = config(strategy=strategy, unfreeze=1, head_epochs=1, from_group=from_group, image_size=32, batch_size=6)
+    result = fit(backbone, (outputs(train_images), train_labels), (outputs(val_images), val_labels), 3, settings, tmp_path / "run", progress=False)
+    check_result(result, 2, ["head", "finetune"] if strategy == "finetune" else ["frozen"] * 2)
+    after = body_after(last_checkpoint(tmp_path))
+    if trained:
+        assert all(changed(before, after, trained).values())
+    for frozen in ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.", "layer4."):
+        if frozen != trained:
+            assert not any(changed(before, after, frozen).values()), frozen
+    with torch.inference_mode():
+        predicted = result.model(pixels(val_images)).argmax(1)
+    assert (predicted == torch.tensor(val_labels)).float().mean().item() == pytest.approx(result.best_val_acc)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [({"from_group": 5, "unfreeze": 1}, "unfreeze at most 0"), ({"from_group": 4, "strategy": "scratch"}, "needs groups 1..4 frozen"),
+     ({"from_group": 4, "unfreeze": 1, "image_size": 64}, "the layer group gives")],
+)  # fmt: skip
+def test_cached_group_output_errors(tmp_path, overrides, message):
+    backbone = build_backbone("resnet18", pretrained=False)
+    rows = np.zeros((6, 512), np.float32)  # resnet18's layer4 output at 32 px: 512 x 1 x 1
+    with pytest.raises(TransferkitError, match=message):
+        fit(backbone, (rows, [0, 1, 2] * 2), (rows[:3], [0, 1, 2]), 3, config(**{"image_size": 32, **overrides}), tmp_path, progress=False)

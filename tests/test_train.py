@@ -148,6 +148,9 @@ def test_train_json_prints_final_metrics(tmp_path, colours):
         ({"strategy": "finetune", "layer": "stage2"}, "--layer applies to heads"),
         ({"per_class": 0}, "--per-class"),
         ({"strategy": "frozen", "quantize": "int8"}, "--quantize applies"),
+        ({"strategy": "finetune", "cache_frozen": True}, "--cache-frozen needs layers that stay frozen"),
+        ({"strategy": "finetune", "unfreeze": "1", "cache_frozen": True, "augment": "strong"}, "--augment light or none"),
+        ({"strategy": "finetune", "unfreeze": "5", "cache_frozen": True}, "--unfreeze at most 4"),
     ],
 )
 def test_bad_options_are_clear(tmp_path, colours, options, message):
@@ -190,3 +193,21 @@ def test_a_head_on_a_bottleneck_pickle_is_scored_but_cannot_classify_images(tmp_
         load_run(tmp_path / "run")
     outcome = runner.invoke(app, ["classify", str(tmp_path / "run"), str(tmp_path)])
     assert outcome.exit_code != 0 and "precomputed features" in outcome.output
+
+
+def test_cache_frozen_runs_the_frozen_groups_once(tmp_path, colours):
+    """--cache-frozen: the frozen groups' output is cached; a rerun reuses it and trains the same."""
+    options = {**FAST, "strategy": "finetune", "unfreeze": "1", "cache_frozen": True, "epochs": 2, "cache_dir": str(tmp_path / "cache")}
+    first = train(colours, tmp_path / "a", progress=False, **options).metrics["summary"]
+    assert first["features_cached"] is False and first["extract_seconds"] > 0
+    entries = list_entries(tmp_path / "cache")
+    assert {(e["layer"], e["split"]) for e in entries} == {("group4", "train"), ("group4", "val")}  # resnet18: layer4 trains
+    assert first["trainable_params"] == sum(p.numel() for p in build_backbone("resnet18", pretrained=False).body.layer4.parameters()) + 512 * 3 + 3
+    second = train(colours, tmp_path / "b", progress=False, **options).metrics["summary"]
+    assert second["features_cached"] is True
+    history = [json.loads((tmp_path / run / "metrics.json").read_text())["history"] for run in ("a", "b")]
+    assert history[0] == history[1]
+    # The saved network, scored on the test images, gives the accuracy the run recorded.
+    result = runner.invoke(app, ["evaluate", str(tmp_path / "a"), str(colours), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["accuracy"] == first["test_acc"]

@@ -184,8 +184,8 @@ class Backbone(nn.Module):
             raise TransferkitError(f"{self.spec.name} has stages 1..{len(stages)}, got stage{stage}")
         return self.body.get_submodule(stages[stage - 1])
 
-    def forward_stage(self, x: torch.Tensor, stage: int) -> torch.Tensor:
-        """Globally average-pooled output of ``stage`` (1-based); later layers are not run."""
+    def _output_of(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """What ``module`` returns when the body runs on ``x``; later layers are not run."""
         captured: list[torch.Tensor] = []
 
         def hook(_module, _inputs, output):
@@ -193,22 +193,55 @@ class Backbone(nn.Module):
             if not _tracing():  # an exporter records ops, so let it run through; the rest is dead code
                 raise _StopForward
 
-        handle = self.stage_module(stage).register_forward_hook(hook)
+        handle = module.register_forward_hook(hook)
         try:
             self.body(x)
         except _StopForward:
             pass
         finally:
             handle.remove()
-        return F.adaptive_avg_pool2d(captured[0], 1).flatten(1)
+        return captured[0]
+
+    def forward_stage(self, x: torch.Tensor, stage: int) -> torch.Tensor:
+        """Globally average-pooled output of ``stage`` (1-based); later layers are not run."""
+        return F.adaptive_avg_pool2d(self._output_of(self.stage_module(stage), x), 1).flatten(1)
+
+    def group_output(self, x: torch.Tensor, group: int) -> torch.Tensor:
+        """The unpooled output of layer group ``group`` (1-based): what the later groups take in."""
+        return self._output_of(self._last_module(group), x)
+
+    def forward_from(self, group_output: torch.Tensor, group: int, image_size: int | None = None) -> torch.Tensor:
+        """Logits from :meth:`group_output`'s ``group`` on, for images of ``image_size``; the
+        earlier groups are skipped.
+
+        The network's own forward runs, so the glue between modules (activations, pooling,
+        flattening) is the library's: the earlier groups see a one-image stand-in, and a hook
+        puts ``group_output`` in place of their result.
+        """
+        size = self.spec.check_image_size(image_size)
+        stand_in = group_output.new_zeros(1, 3, size, size)
+        handle = self._last_module(group).register_forward_hook(lambda _module, _inputs, _output: group_output.clone())  # glue may work in place (ReLU)
+        try:
+            return self.classifier(self.body(stand_in))
+        finally:
+            handle.remove()
+
+    def _last_module(self, group: int) -> nn.Module:
+        groups = self.spec.layer_groups
+        if not 1 <= group <= len(groups):
+            raise TransferkitError(f"{self.spec.name} has layer groups 1..{len(groups)}, got {group}")
+        return self.body.get_submodule(groups[group - 1][-1])
 
     def features(self, x: torch.Tensor, layer: str = "penultimate", flip_tta: bool = False) -> torch.Tensor:
-        """Features at ``layer``: "penultimate" or "stageN".  ``flip_tta``: the mean of the
-        features of each image and of its mirror image (one forward pass on both)."""
+        """Features at ``layer``: "penultimate", "stageN" (pooled) or "groupN" (layer group N's
+        output, flattened).  ``flip_tta``: the mean of the features of each image and of its
+        mirror image (one forward pass on both)."""
         if flip_tta:  # unflatten, not slicing by len(x): the batch size stays dynamic in an ONNX export
             return self.features(torch.cat([x, x.flip(-1)]), layer).unflatten(0, (2, -1)).mean(0)
         if layer == "penultimate":
             return self.forward_features(x)
+        if layer.startswith("group"):
+            return self.group_output(x, parse_group(layer, self.spec)).flatten(1)
         return self.forward_stage(x, parse_layer(layer, self.spec))
 
     def layer_groups(self) -> list[list[nn.Module]]:
@@ -217,6 +250,14 @@ class Backbone(nn.Module):
 
     def transform(self, image_size: int | None = None, uint8: bool = False) -> v2.Compose:
         return self.spec.transform(image_size, uint8)
+
+
+def parse_group(layer: str, spec: BackboneSpec) -> int:
+    """``groupN`` -> N, checked against the spec's layer groups."""
+    n = len(spec.layer_groups)
+    if layer.startswith("group") and layer[5:].isdigit() and 1 <= int(layer[5:]) <= n:
+        return int(layer[5:])
+    raise TransferkitError(f"unknown layer {layer!r} for {spec.name}: its layer groups are group1..group{n}")
 
 
 def parse_layer(layer: str, spec: BackboneSpec) -> int:

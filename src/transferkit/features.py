@@ -255,9 +255,9 @@ def extract_features(
         raise TransferkitError(f"--batch-size must be at least 1, got {batch_size}")
     backbone.spec.check_image_size(image_size)
     if layer != "penultimate":
-        from transferkit.backbones import parse_layer
+        from transferkit.backbones import parse_group, parse_layer
 
-        parse_layer(layer, backbone.spec)
+        (parse_group if layer.startswith("group") else parse_layer)(layer, backbone.spec)
     from transferkit.engines import QUANTIZATIONS, resolve_engine
 
     labels = np.asarray(labels, dtype=np.int64)

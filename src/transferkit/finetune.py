@@ -70,6 +70,7 @@ class FitConfig:
     num_workers: int | None = None  # None: loader.default_workers
     num_nodes: int = 1  # machines, each running `devices` processes (Lightning's DDP)
     distributed: str = "auto"  # Lightning's strategy: "auto" or "ddp" (gloo on CPUs, NCCL on GPUs)
+    from_group: int | None = None  # train on cached outputs of this layer group, not on images: see fit
 
 
 @dataclass
@@ -115,6 +116,23 @@ class LabeledImages(Dataset):
     def __getitem__(self, index: int):
         image, _, error = self.images[index]
         return image, int(self.labels[index]), index, error
+
+
+class GroupOutputs(Dataset):
+    """Item ``i`` is ``(output, label, i, "")``: a frozen layer group's cached output for image ``i``,
+    mirrored left-right at random when ``flip`` (the light augmentation, done on the feature map)."""
+
+    def __init__(self, outputs: torch.Tensor, labels: torch.Tensor, flip: bool):
+        self.outputs, self.labels, self.flip = outputs, labels, flip
+
+    def __len__(self) -> int:
+        return len(self.outputs)
+
+    def __getitem__(self, index: int):
+        output = self.outputs[index]
+        if self.flip and output.ndim == 3 and torch.rand(()) < 0.5:
+            output = output.flip(-1)
+        return output, int(self.labels[index]), index, ""
 
 
 def collate(items):
@@ -201,7 +219,11 @@ class ImageClassifier(L.LightningModule):
         self.failures[split].update(failures)
         if images is None:
             return None  # every image of the batch failed to decode: Lightning skips the step
-        logits = self.backbone(images.contiguous(memory_format=self.memory_format))
+        images = images.contiguous(memory_format=self.memory_format) if images.ndim == 4 else images
+        if self.config.from_group is None:
+            logits = self.backbone(images)
+        else:
+            logits = self.backbone.forward_from(images, self.config.from_group, self.config.image_size)
         if split == "train":
             loss = F.cross_entropy(logits, labels, weight=self.class_weights, label_smoothing=self.config.label_smoothing)
         else:  # the plain loss, comparable whatever the weighting and smoothing
@@ -218,11 +240,13 @@ class ImageClassifier(L.LightningModule):
     def validation_step(self, batch, batch_idx):
         self._step(batch, "val")
 
-    def on_train_epoch_start(self) -> None:
-        # Cosine decay of every group's learning rate over the epochs, set per epoch from the epoch
-        # number alone: a resumed run and a group unfrozen mid-training (by Freezer, whose hook runs
-        # first) follow the schedule of an uninterrupted run.  Each group keeps its peak in "peak_lr".
-        factor = 0.5 * (1 + math.cos(math.pi * self.current_epoch / self.config.epochs))
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        # Cosine decay of every group's learning rate over the steps of all epochs (to near zero at
+        # the last, which a short run needs), set from (epoch, batch index) alone: a resumed run and
+        # a group unfrozen mid-training (by Freezer, at the epoch's start) follow the schedule of an
+        # uninterrupted run.  Each group keeps its peak in "peak_lr".
+        done = (self.current_epoch + batch_idx / max(1, self.trainer.num_training_batches)) / self.config.epochs
+        factor = 0.5 * (1 + math.cos(math.pi * done))
         for group in self.trainer.optimizers[0].param_groups:
             group["lr"] = group.setdefault("peak_lr", group["lr"]) * factor
 
@@ -332,9 +356,16 @@ def _check(c: FitConfig, backbone: Backbone) -> None:
         (c.balance not in (None, "weights", "sampler"), f"balance must be weights or sampler, got {c.balance!r}"),
         (c.epochs < 1 or c.batch_size < 1 or c.head_epochs < 0 or (c.patience or 0) < 0, "epochs and batch_size must be positive, head_epochs and patience not negative"),
         (c.unfreeze != "all" and not (isinstance(c.unfreeze, int) and 1 <= c.unfreeze <= n), f"{backbone.spec.name} has {n} layer groups: unfreeze must be 1..{n} or 'all', got {c.unfreeze!r}"),
+        (c.from_group is not None and not 1 <= c.from_group <= n - _trained_groups(c, n),
+         f"training on cached outputs of layer group {c.from_group} needs groups 1..{c.from_group} frozen: strategy frozen, or finetune with unfreeze at most {n - (c.from_group or 0)}"),
     ):  # fmt: skip
         if failed:
             raise TransferkitError(message)
+
+
+def _trained_groups(c: FitConfig, n_groups: int) -> int:
+    """How many layer groups, from the output end, the strategy ever trains."""
+    return {"frozen": 0, "finetune": n_groups if c.unfreeze == "all" else int(c.unfreeze)}.get(c.strategy, n_groups)
 
 
 def on_gpu(config: FitConfig) -> bool:
@@ -356,9 +387,25 @@ def resolve_precision(config: FitConfig) -> str:
     return "bf16-mixed" if native else "32-true"
 
 
-def _loader(dataset: LabeledImages, config: FitConfig, sampler: Sampler | None, gpu: bool) -> DataLoader:
+def _group_output_shape(backbone: Backbone, group: int, image_size: int) -> tuple[int, ...]:
+    with torch.inference_mode():
+        return tuple(backbone.eval().group_output(torch.zeros(1, 3, image_size, image_size), group).shape[1:])
+
+
+def _as_outputs(rows, shape: tuple[int, ...], name: str) -> torch.Tensor:
+    """Flattened group outputs (an N x D array, as the feature cache holds them) back in their shape."""
+    outputs = torch.as_tensor(np.asarray(rows, dtype=np.float32))
+    if outputs.ndim != 2 or outputs.shape[1] != math.prod(shape):
+        raise TransferkitError(f"{name}: cached outputs of {tuple(outputs.shape[1:])} values each; the layer group gives {shape}")
+    return outputs.view(-1, *shape)
+
+
+def _loader(dataset: Dataset, config: FitConfig, sampler: Sampler | None, gpu: bool) -> DataLoader:
     n, size = len(dataset), config.batch_size
-    workers = default_workers(n, size, gpu=gpu, training=True) if config.num_workers is None else config.num_workers
+    if isinstance(dataset, GroupOutputs):  # in memory already: nothing for workers to decode
+        workers = 0
+    else:
+        workers = default_workers(n, size, gpu=gpu, training=True) if config.num_workers is None else config.num_workers
     # A lone image in the last batch breaks BatchNorm in training mode; shuffled, a different one waits each epoch.
     drop_last = sampler is not None and n > 1 and n % size == 1
     # Workers are not persistent: each epoch's take their seeds from the checkpointed RNG, so a resume replays them.
@@ -407,6 +454,11 @@ def fit(
 ) -> FitResult:  # fmt: skip
     """Train ``backbone`` in place with a new ``num_classes`` head; artifacts go to ``run_dir``.
 
+    ``train`` and ``val`` are (images, labels); with ``config.from_group`` set, (N x D array of
+    that layer group's flattened outputs, as ``extract_features(layer="groupN")`` caches them,
+    labels): the frozen groups below it then never run in training, which is what makes a
+    fine-tune of the last groups cheap on a CPU.
+
     ``resume=True`` continues from ``run_dir/checkpoints/last.ckpt``: epoch, weights, optimizer,
     freeze phase, history and RNG state.  A fresh run replaces an earlier run's checkpoints and logs.
     """
@@ -433,8 +485,14 @@ def fit(
     if resume:  # Lightning makes the first epoch's iterator before it calls set_epoch
         sampler.set_epoch(_resumed_epoch(last))
     gpu = on_gpu(config)  # uint8 images, normalised on the device: see ImageClassifier.on_after_batch_transfer
-    train_loader = _loader(LabeledImages(train[0], train_labels, train_transform(backbone.spec, image_size, config.augment, gpu)), config, sampler, gpu)
-    val_loader = _loader(LabeledImages(val[0], val_labels, backbone.transform(image_size, gpu)), config, None, gpu)
+    if config.from_group is None:
+        train_set = LabeledImages(train[0], train_labels, train_transform(backbone.spec, image_size, config.augment, gpu))
+        val_set = LabeledImages(val[0], val_labels, backbone.transform(image_size, gpu))
+    else:
+        shape = _group_output_shape(backbone, config.from_group, image_size)
+        train_set = GroupOutputs(_as_outputs(train[0], shape, "train"), train_labels, flip=config.augment != "none")
+        val_set = GroupOutputs(_as_outputs(val[0], shape, "val"), val_labels, flip=False)
+    train_loader, val_loader = _loader(train_set, config, sampler, gpu), _loader(val_set, config, None, gpu)
 
     model = ImageClassifier(backbone, config, class_weights)
     # Both saved at the end of each training epoch, after validation, so each holds its epoch's history row;

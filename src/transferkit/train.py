@@ -48,6 +48,7 @@ class TrainOptions:
     backbone_lr_mult: float = 0.1
     head_epochs: int = 1
     gradual: bool = False
+    cache_frozen: bool = False  # frozen/finetune: run the frozen layer groups once, train on their cached output
     per_class: int | None = None
     seed: int = 0
     val_fraction: float = 0.2
@@ -88,6 +89,10 @@ class TrainOptions:
             raise TransferkitError(f"--layer applies to heads on features ({', '.join(FEATURE_STRATEGIES)}), not to {self.strategy}")
         if self.flip_tta and self.strategy in END_TO_END_STRATEGIES:
             raise TransferkitError(f"--flip-tta applies to heads on features ({', '.join(FEATURE_STRATEGIES)}), not to {self.strategy}")
+        if self.cache_frozen and not (self.strategy == "frozen" or (self.strategy == "finetune" and self.unfreeze != "all")):
+            raise TransferkitError("--cache-frozen needs layers that stay frozen: --strategy frozen, or finetune with --unfreeze N")
+        if self.cache_frozen and self.augment == "strong":
+            raise TransferkitError("--cache-frozen augments the cached feature maps (mirroring, with --augment light): use --augment light or none")
         if self.quantize is not None and self.strategy in END_TO_END_STRATEGIES:
             raise TransferkitError(f"--quantize applies to feature extraction ({', '.join(FEATURE_STRATEGIES)}), not to {self.strategy}")
 
@@ -269,23 +274,35 @@ def _train_end_to_end(dataset, train_set, opts: TrainOptions, run_dir: Path, res
     from transferkit.runs import TrainedModel
 
     backbone = _backbone(opts)
+    inputs = {"train": (train_set.samples, train_set.labels), "val": (dataset.val.samples, dataset.val.labels)}
+    extract_seconds, from_group, cached = 0.0, None, None
+    if opts.cache_frozen:  # the frozen groups run once, here, through the feature cache
+        n_groups = len(backbone.spec.layer_groups)
+        from_group = n_groups - (0 if opts.strategy == "frozen" else int(opts.unfreeze))
+        if from_group < 1:
+            raise TransferkitError(f"--cache-frozen needs a frozen layer group: {opts.model} has {n_groups}, so --unfreeze at most {n_groups - 1}")
+        started = time.perf_counter()
+        as_group = dataclasses.replace(opts, layer=f"group{from_group}", flip_tta=False, quantize=None)
+        for split, images in (("train", train_set), ("val", dataset.val)):
+            outputs = _extract(backbone, images, as_group, split, dataset.name, progress, train_set)
+            inputs[split] = outputs.usable()
+            cached = outputs.hit if cached is None else cached and outputs.hit
+        extract_seconds = time.perf_counter() - started
     config = FitConfig(
         strategy=opts.strategy, epochs=opts.epochs, lr=opts.lr, batch_size=opts.batch_size, weight_decay=opts.weight_decay,
         dropout=opts.dropout, label_smoothing=opts.label_smoothing, augment=opts.augment, patience=opts.patience,
         unfreeze=opts.unfreeze if opts.unfreeze == "all" else int(opts.unfreeze), backbone_lr_mult=opts.backbone_lr_mult,
         head_epochs=opts.head_epochs, gradual=opts.gradual, image_size=opts.image_size, balance=opts.balance, seed=opts.seed,
         devices=int(opts.devices) if str(opts.devices).isdigit() else opts.devices, num_nodes=opts.num_nodes,
-        distributed=opts.distributed, precision=opts.precision, num_workers=opts.num_workers,
+        distributed=opts.distributed, precision=opts.precision, num_workers=opts.num_workers, from_group=from_group,
     )  # fmt: skip
-    result = fit(
-        backbone, (train_set.samples, train_set.labels), (dataset.val.samples, dataset.val.labels),
-        len(dataset.classes), config, run_dir, resume=resume, progress=progress,
-    )  # fmt: skip
+    result = fit(backbone, inputs["train"], inputs["val"], len(dataset.classes), config, run_dir, resume=resume, progress=progress)
     trained = result.model
     if result.global_rank != 0:
         raise _NotRankZero
     timings = {
-        "extract_seconds": 0.0,
+        "extract_seconds": extract_seconds,
+        "features_cached": cached,
         "train_seconds": result.seconds,
         "epochs_completed": result.epochs_completed,
         "best_epoch": result.best_epoch,
