@@ -49,6 +49,7 @@ CONFIGS = {
     "finetune-500": {"strategy": "finetune", "per_class": 500, "image_size": 128, "epochs": 8, "lr": 3e-3, "augment": "light", "batch_size": 64},
     "finetune-full-64": {"strategy": "finetune", "image_size": 64, "epochs": 4, "lr": 3e-3, "augment": "light", "batch_size": 64},
     "cached-u2-192-e2": {**CACHED, "unfreeze": "2", "image_size": 192, "epochs": 2},
+    "cached-u2-176-e2": {**CACHED, "unfreeze": "2", "image_size": 176, "epochs": 2},
     "cached-u2-192-e3": {**CACHED, "unfreeze": "2", "image_size": 192, "epochs": 3},
     "cached-u2-224-e2": {**CACHED, "unfreeze": "2", "epochs": 2},
     "cached-u1-224-e3": {**CACHED, "unfreeze": "1", "epochs": 3},

@@ -172,6 +172,17 @@ def test_real_linear_head_on_digits_beats_chance_by_far(tmp_path):
     assert digits[0]["top"][0]["label"] in [str(d) for d in range(10)]
 
 
+def test_real_finetune_of_the_last_groups_on_cached_outputs(tmp_path):
+    """The embedded EfficientNet-Lite0 on the embedded digits: its last two layer groups fine-tuned
+    on the cached output of the first five (the recipe of BENCHMARKS.md's CIFAR-10 run)."""
+    options = {"strategy": "finetune", "unfreeze": "2", "cache_frozen": True, "image_size": 64, "epochs": 3, "head_epochs": 0,
+               "lr": 3e-3, "backbone_lr_mult": 0.33, "batch_size": 64}  # fmt: skip
+    summary = train("digits", tmp_path / "run", progress=False, **options).metrics["summary"]
+    assert summary["test_acc"] > 0.9, summary  # chance is 0.1
+    last_two = [m for group in build_backbone("efficientnet_lite0", pretrained=False).layer_groups()[-2:] for m in group]
+    assert summary["trainable_params"] == sum(p.numel() for m in last_two for p in m.parameters()) + 1280 * 10 + 10
+
+
 def test_a_head_on_a_bottleneck_pickle_is_scored_but_cannot_classify_images(tmp_path):
     import pickle
 
