@@ -18,7 +18,7 @@ from torch import nn
 
 from transferkit.backbones import build_backbone
 from transferkit.errors import TransferkitError
-from transferkit.finetune import EpochSampler, FitConfig, Freezer, ImageClassifier, collate, fit, train_transform
+from transferkit.finetune import EpochSampler, FitConfig, Freezer, GroupOutputs, ImageClassifier, collate, fit, train_transform
 
 COLOURS = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200]])
 
@@ -360,10 +360,11 @@ def test_training_on_cached_group_outputs_scores_the_same_on_images(tmp_path, st
 
     def outputs(images):
         with torch.inference_mode():
-            return backbone.eval().group_output(pixels(images), from_group).flatten(1).numpy()
+            return backbone.eval().group_output(pixels(images), from_group)
 
     settings = config(strategy=strategy, unfreeze=1, head_epochs=1, from_group=from_group, image_size=32, batch_size=6)
-    result = fit(backbone, (outputs(train_images), train_labels), (outputs(val_images), val_labels), 3, settings, tmp_path / "run", progress=False)
+    rows = {name: outputs(images).flatten(1).numpy() for name, images in (("train", train_images), ("val", val_images))}
+    result = fit(backbone, (rows["train"], train_labels), (rows["val"], val_labels), 3, settings, tmp_path / "run", progress=False)
     check_result(result, 2, ["head", "finetune"] if strategy == "finetune" else ["frozen"] * 2)
     after = body_after(last_checkpoint(tmp_path))
     if trained:
@@ -372,17 +373,33 @@ def test_training_on_cached_group_outputs_scores_the_same_on_images(tmp_path, st
         if frozen != trained:
             assert not any(changed(before, after, frozen).values()), frozen
     with torch.inference_mode():
-        predicted = result.model(pixels(val_images)).argmax(1)
-    assert (predicted == torch.tensor(val_labels)).float().mean().item() == pytest.approx(result.best_val_acc)
+        logits = result.model(pixels(val_images))
+        assert torch.allclose(logits, result.model.forward_from(outputs(val_images), from_group, 32), atol=1e-5)  # the frozen groups did not change
+    accuracy = (logits.argmax(1) == torch.tensor(val_labels)).float().mean().item()
+    assert accuracy == pytest.approx(result.history[result.best_epoch - 1]["val_acc"])
+
+
+def test_group_outputs_are_mirrored_at_random_for_training_only():
+    maps = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).view(2, 3, 4, 5)
+    rows, labels = maps.flatten(1).numpy(), torch.tensor([0, 1])
+    train, val = GroupOutputs(rows, labels, (3, 4, 5), flip=True, name="train"), GroupOutputs(rows, labels, (3, 4, 5), flip=False, name="val")
+    torch.manual_seed(0)
+    drawn = [train[1][0] for _ in range(40)]
+    assert all(torch.equal(d, maps[1]) or torch.equal(d, maps[1].flip(-1)) for d in drawn)
+    assert 5 < sum(torch.equal(d, maps[1]) for d in drawn) < 35  # both, about half each
+    assert all(torch.equal(val[1][0], maps[1]) for _ in range(10)) and val[1][1:] == (1, 1, "")
+    with pytest.raises(TransferkitError, match="the layer group gives"):
+        GroupOutputs(rows, labels, (3, 4, 4), flip=False, name="train")
 
 
 @pytest.mark.parametrize(
     "overrides, message",
-    [({"from_group": 5, "unfreeze": 1}, "unfreeze at most 0"), ({"from_group": 4, "strategy": "scratch"}, "needs groups 1..4 frozen"),
+    [({"from_group": 5, "unfreeze": 1}, "needs groups 1..5 frozen: strategy frozen$"), ({"from_group": 4, "strategy": "scratch"}, "needs groups 1..4 frozen"),
+     ({"from_group": 4, "unfreeze": 1, "augment": "strong"}, "augment strong needs images"),
      ({"from_group": 4, "unfreeze": 1, "image_size": 64}, "the layer group gives")],
 )  # fmt: skip
 def test_cached_group_output_errors(tmp_path, overrides, message):
     backbone = build_backbone("resnet18", pretrained=False)
-    rows = np.zeros((6, 512), np.float32)  # resnet18's layer4 output at 32 px: 512 x 1 x 1
+    rows = np.zeros((6, 1024), np.float32)  # resnet18's group 4 (layer3) output at 32 px: 256 x 2 x 2
     with pytest.raises(TransferkitError, match=message):
         fit(backbone, (rows, [0, 1, 2] * 2), (rows[:3], [0, 1, 2]), 3, config(**{"image_size": 32, **overrides}), tmp_path, progress=False)

@@ -265,7 +265,7 @@ def parse_layer(layer: str, spec: BackboneSpec) -> int:
     n = len(spec.stages)
     if layer.startswith("stage") and layer[5:].isdigit() and 1 <= int(layer[5:]) <= n:
         return int(layer[5:])
-    raise TransferkitError(f"unknown layer {layer!r} for {spec.name}: use penultimate or stage1..stage{n}")
+    raise TransferkitError(f"unknown layer {layer!r} for {spec.name}: use penultimate, stage1..stage{n} or group1..group{len(spec.layer_groups)}")
 
 
 # ----------------------------------------------------------------------------- registry

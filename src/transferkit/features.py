@@ -107,6 +107,29 @@ class CachedFeatures:
         """(X, y) of the images that decoded."""
         return np.asarray(self.features[self.ok]), self.labels[self.ok]
 
+    def usable_rows(self) -> tuple["Rows", np.ndarray]:
+        """:meth:`usable` without reading the features into memory: rows are read when indexed."""
+        return Rows(self.features, np.flatnonzero(self.ok)), self.labels[self.ok]
+
+
+@dataclass
+class Rows:
+    """Rows ``index`` of an N x D (memory-mapped) array, each read when asked for: large cached
+    outputs stay on disk (and in the page cache, shared between processes)."""
+
+    array: np.ndarray
+    index: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.index), self.array.shape[1]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.array[self.index[i]]
+
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")

@@ -119,17 +119,20 @@ class LabeledImages(Dataset):
 
 
 class GroupOutputs(Dataset):
-    """Item ``i`` is ``(output, label, i, "")``: a frozen layer group's cached output for image ``i``,
-    mirrored left-right at random when ``flip`` (the light augmentation, done on the feature map)."""
+    """Item ``i`` is ``(output, label, i, "")``: a frozen layer group's cached output for image ``i``
+    (row ``i`` of ``rows``, read when asked for, in the group's ``shape``), mirrored left-right at
+    random when ``flip`` (the light augmentation, done on the feature map)."""
 
-    def __init__(self, outputs: torch.Tensor, labels: torch.Tensor, flip: bool):
-        self.outputs, self.labels, self.flip = outputs, labels, flip
+    def __init__(self, rows, labels: torch.Tensor, shape: tuple[int, ...], flip: bool, name: str):
+        if len(rows.shape) != 2 or rows.shape[1] != math.prod(shape):
+            raise TransferkitError(f"{name}: cached outputs of {tuple(rows.shape[1:])} values each; the layer group gives {shape}")
+        self.rows, self.labels, self.shape, self.flip = rows, labels, shape, flip
 
     def __len__(self) -> int:
-        return len(self.outputs)
+        return len(self.rows)
 
     def __getitem__(self, index: int):
-        output = self.outputs[index]
+        output = torch.from_numpy(np.array(self.rows[index], dtype=np.float32)).view(self.shape)
         if self.flip and output.ndim == 3 and torch.rand(()) < 0.5:
             output = output.flip(-1)
         return output, int(self.labels[index]), index, ""
@@ -357,7 +360,9 @@ def _check(c: FitConfig, backbone: Backbone) -> None:
         (c.epochs < 1 or c.batch_size < 1 or c.head_epochs < 0 or (c.patience or 0) < 0, "epochs and batch_size must be positive, head_epochs and patience not negative"),
         (c.unfreeze != "all" and not (isinstance(c.unfreeze, int) and 1 <= c.unfreeze <= n), f"{backbone.spec.name} has {n} layer groups: unfreeze must be 1..{n} or 'all', got {c.unfreeze!r}"),
         (c.from_group is not None and not 1 <= c.from_group <= n - _trained_groups(c, n),
-         f"training on cached outputs of layer group {c.from_group} needs groups 1..{c.from_group} frozen: strategy frozen, or finetune with unfreeze at most {n - (c.from_group or 0)}"),
+         f"training on cached outputs of layer group {c.from_group} (of 1..{n}) needs groups 1..{c.from_group} frozen: "
+         + ("strategy frozen" if c.from_group == n else f"strategy frozen, or finetune with unfreeze at most {n - (c.from_group or 0)}")),
+        (c.from_group is not None and c.augment == "strong", "augment strong needs images: cached layer outputs take light (mirroring) or none"),
     ):  # fmt: skip
         if failed:
             raise TransferkitError(message)
@@ -390,14 +395,6 @@ def resolve_precision(config: FitConfig) -> str:
 def _group_output_shape(backbone: Backbone, group: int, image_size: int) -> tuple[int, ...]:
     with torch.inference_mode():
         return tuple(backbone.eval().group_output(torch.zeros(1, 3, image_size, image_size), group).shape[1:])
-
-
-def _as_outputs(rows, shape: tuple[int, ...], name: str) -> torch.Tensor:
-    """Flattened group outputs (an N x D array, as the feature cache holds them) back in their shape."""
-    outputs = torch.as_tensor(np.asarray(rows, dtype=np.float32))
-    if outputs.ndim != 2 or outputs.shape[1] != math.prod(shape):
-        raise TransferkitError(f"{name}: cached outputs of {tuple(outputs.shape[1:])} values each; the layer group gives {shape}")
-    return outputs.view(-1, *shape)
 
 
 def _loader(dataset: Dataset, config: FitConfig, sampler: Sampler | None, gpu: bool) -> DataLoader:
@@ -454,10 +451,12 @@ def fit(
 ) -> FitResult:  # fmt: skip
     """Train ``backbone`` in place with a new ``num_classes`` head; artifacts go to ``run_dir``.
 
-    ``train`` and ``val`` are (images, labels); with ``config.from_group`` set, (N x D array of
-    that layer group's flattened outputs, as ``extract_features(layer="groupN")`` caches them,
-    labels): the frozen groups below it then never run in training, which is what makes a
-    fine-tune of the last groups cheap on a CPU.
+    ``train`` and ``val`` are (images, labels); with ``config.from_group`` set, (that layer
+    group's flattened outputs as an N x D array, or the rows of a cache entry as
+    ``extract_features(layer="groupN").usable_rows()`` gives them, labels): the frozen groups up to
+    it then run only on a one-image stand-in per step (see ``Backbone.forward_from``), which is
+    what makes a fine-tune of the last groups cheap on a CPU.  ``augment`` "light" mirrors the
+    outputs at random; "strong" needs images.
 
     ``resume=True`` continues from ``run_dir/checkpoints/last.ckpt``: epoch, weights, optimizer,
     freeze phase, history and RNG state.  A fresh run replaces an earlier run's checkpoints and logs.
@@ -490,8 +489,8 @@ def fit(
         val_set = LabeledImages(val[0], val_labels, backbone.transform(image_size, gpu))
     else:
         shape = _group_output_shape(backbone, config.from_group, image_size)
-        train_set = GroupOutputs(_as_outputs(train[0], shape, "train"), train_labels, flip=config.augment != "none")
-        val_set = GroupOutputs(_as_outputs(val[0], shape, "val"), val_labels, flip=False)
+        train_set = GroupOutputs(train[0], train_labels, shape, flip=config.augment == "light", name="train")
+        val_set = GroupOutputs(val[0], val_labels, shape, flip=False, name="val")
     train_loader, val_loader = _loader(train_set, config, sampler, gpu), _loader(val_set, config, None, gpu)
 
     model = ImageClassifier(backbone, config, class_weights)

@@ -89,8 +89,9 @@ class TrainOptions:
             raise TransferkitError(f"--layer applies to heads on features ({', '.join(FEATURE_STRATEGIES)}), not to {self.strategy}")
         if self.flip_tta and self.strategy in END_TO_END_STRATEGIES:
             raise TransferkitError(f"--flip-tta applies to heads on features ({', '.join(FEATURE_STRATEGIES)}), not to {self.strategy}")
-        if self.cache_frozen and not (self.strategy == "frozen" or (self.strategy == "finetune" and self.unfreeze != "all")):
-            raise TransferkitError("--cache-frozen needs layers that stay frozen: --strategy frozen, or finetune with --unfreeze N")
+        if self.cache_frozen and not (self.strategy == "finetune" and self.unfreeze != "all"):
+            raise TransferkitError("--cache-frozen applies to --strategy finetune --unfreeze N (for a frozen backbone, "
+                                   f"--strategy {'|'.join(FEATURE_STRATEGIES)} train a head on its cached features)")
         if self.cache_frozen and self.augment == "strong":
             raise TransferkitError("--cache-frozen augments the cached feature maps (mirroring, with --augment light): use --augment light or none")
         if self.quantize is not None and self.strategy in END_TO_END_STRATEGIES:
@@ -275,18 +276,19 @@ def _train_end_to_end(dataset, train_set, opts: TrainOptions, run_dir: Path, res
 
     backbone = _backbone(opts)
     inputs = {"train": (train_set.samples, train_set.labels), "val": (dataset.val.samples, dataset.val.labels)}
-    extract_seconds, from_group, cached = 0.0, None, None
+    extract_seconds, from_group, cached, skipped = 0.0, None, None, None
     if opts.cache_frozen:  # the frozen groups run once, here, through the feature cache
         n_groups = len(backbone.spec.layer_groups)
-        from_group = n_groups - (0 if opts.strategy == "frozen" else int(opts.unfreeze))
+        from_group = n_groups - int(opts.unfreeze)
         if from_group < 1:
             raise TransferkitError(f"--cache-frozen needs a frozen layer group: {opts.model} has {n_groups}, so --unfreeze at most {n_groups - 1}")
-        started = time.perf_counter()
+        started, skipped = time.perf_counter(), 0
         as_group = dataclasses.replace(opts, layer=f"group{from_group}", flip_tta=False, quantize=None)
         for split, images in (("train", train_set), ("val", dataset.val)):
             outputs = _extract(backbone, images, as_group, split, dataset.name, progress, train_set)
-            inputs[split] = outputs.usable()
+            inputs[split] = outputs.usable_rows()
             cached = outputs.hit if cached is None else cached and outputs.hit
+            skipped += len(outputs.failures) if split == "train" else 0
         extract_seconds = time.perf_counter() - started
     config = FitConfig(
         strategy=opts.strategy, epochs=opts.epochs, lr=opts.lr, batch_size=opts.batch_size, weight_decay=opts.weight_decay,
@@ -303,6 +305,8 @@ def _train_end_to_end(dataset, train_set, opts: TrainOptions, run_dir: Path, res
     timings = {
         "extract_seconds": extract_seconds,
         "features_cached": cached,
+        "cached_layer": None if from_group is None else f"group{from_group}",
+        "skipped_images": skipped,
         "train_seconds": result.seconds,
         "epochs_completed": result.epochs_completed,
         "best_epoch": result.best_epoch,

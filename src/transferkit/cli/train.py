@@ -35,7 +35,7 @@ def train(
     backbone_lr_mult: float = typer.Option(0.1, "--backbone-lr-mult", help="finetune: backbone lr = lr x this."),
     head_epochs: int = typer.Option(1, "--head-epochs", help="finetune: epochs training the head alone first."),
     gradual: bool = typer.Option(False, "--gradual", help="finetune: unfreeze one more group per epoch."),
-    cache_frozen: bool = typer.Option(False, "--cache-frozen", help="frozen, finetune --unfreeze N: run the frozen layers once and train on their cached output (fast on a CPU; --augment light mirrors the cached maps)."),
+    cache_frozen: bool = typer.Option(False, "--cache-frozen", help="finetune --unfreeze N: run the frozen layers once and train on their cached output (fast on a CPU; --augment light mirrors the cached maps)."),
     per_class: int = typer.Option(None, "--per-class", help="Train on N images per class."),
     seed: int = typer.Option(0, "--seed"),
     val_fraction: float = typer.Option(0.2, "--val-fraction", help="Share held out for validation where DATA has no val split."),
