@@ -179,3 +179,43 @@ def test_two_processes_extracting_at_once_agree(tmp_path, reference):
     assert names[0] == names[1] and first.returncode == second.returncode == 0
     entry = read_entry(tmp_path / "cache" / "features" / names[0])  # checksums verified
     assert np.array_equal(entry.features, expected.features)
+
+
+TRAIN_CACHED = textwrap.dedent(
+    """
+    import json, sys
+    from transferkit.train import train
+    data, run, mode, cache = sys.argv[1:5]
+    train(data, run, resume=mode == "resume", progress=False, model="resnet18", pretrained=False, image_size=32, batch_size=4,
+          strategy="finetune", unfreeze="1", cache_frozen=True, epochs=4, head_epochs=1, lr=1e-2, cache_dir=cache)
+    print(json.dumps(json.load(open(run + "/metrics.json"))["history"]))
+    """
+)
+
+
+@pytest.mark.slow
+def test_cache_frozen_run_killed_in_training_resumes_to_the_same_metrics(tmp_path):
+    """--cache-frozen: killed after its extraction and an epoch, `--resume` finds the cached outputs
+    and the checkpoint, and ends with the history of an uninterrupted run."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c, rgb in enumerate([(200, 40, 40), (40, 200, 40), (40, 40, 200)]):
+        (tmp_path / "data" / f"class{c}").mkdir(parents=True)
+        for i in range(16):
+            Image.fromarray(np.clip(np.array(rgb) + rng.normal(0, 40, (32, 32, 3)), 0, 255).astype(np.uint8)).save(tmp_path / "data" / f"class{c}" / f"{i}.png")
+    script = tmp_path / "train.py"
+    script.write_text(TRAIN_CACHED)
+    reference = json.loads(_spawn(script, tmp_path / "data", tmp_path / "reference", "new", tmp_path / "cache-a").communicate(timeout=300)[0])
+    run, cache = tmp_path / "run", tmp_path / "cache-b"
+    last = run / "checkpoints" / "last.ckpt"
+    _kill_when(_spawn(script, tmp_path / "data", run, "new", cache), lambda: last.is_file() and _epoch_of(last) >= 2)
+    assert {e["complete"] for e in list_entries(cache)} == {True}  # the outputs were cached before training began
+    out, err = _spawn(script, tmp_path / "data", run, "resume", cache).communicate(timeout=300)
+    resumed = json.loads(out)
+    assert len(resumed) == len(reference) == 4, err
+    for a, b in zip(resumed, reference):
+        assert a["epoch"] == b["epoch"] and a["phase"] == b["phase"]
+        assert a["val_acc"] == pytest.approx(b["val_acc"], abs=1e-5) and a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+    summary = json.loads((run / "metrics.json").read_text())["summary"]
+    assert summary["features_cached"] is True and summary["cached_layer"] == "group4"
