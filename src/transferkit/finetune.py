@@ -399,7 +399,7 @@ def _group_output_shape(backbone: Backbone, group: int, image_size: int) -> tupl
 
 def _loader(dataset: Dataset, config: FitConfig, sampler: Sampler | None, gpu: bool) -> DataLoader:
     n, size = len(dataset), config.batch_size
-    if isinstance(dataset, GroupOutputs):  # in memory already: nothing for workers to decode
+    if isinstance(dataset, GroupOutputs):  # rows read from the cache file: nothing for workers to decode
         workers = 0
     else:
         workers = default_workers(n, size, gpu=gpu, training=True) if config.num_workers is None else config.num_workers

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from transferkit.backbones import DEFAULT_MODEL, build_backbone
+from transferkit.backbones import DEFAULT_MODEL, build_backbone, get_spec
 from transferkit.errors import TransferkitError
 
 FEATURE_STRATEGIES = ("linear", "svm", "mlp")
@@ -48,7 +48,7 @@ class TrainOptions:
     backbone_lr_mult: float = 0.1
     head_epochs: int = 1
     gradual: bool = False
-    cache_frozen: bool = False  # frozen/finetune: run the frozen layer groups once, train on their cached output
+    cache_frozen: bool = False  # finetune --unfreeze N: run the frozen layer groups once, train on their cached output
     per_class: int | None = None
     seed: int = 0
     val_fraction: float = 0.2
@@ -92,6 +92,9 @@ class TrainOptions:
         if self.cache_frozen and not (self.strategy == "finetune" and self.unfreeze != "all"):
             raise TransferkitError("--cache-frozen applies to --strategy finetune --unfreeze N (for a frozen backbone, "
                                    f"--strategy {'|'.join(FEATURE_STRATEGIES)} train a head on its cached features)")
+        n_groups = len(get_spec(self.model).layer_groups) if self.cache_frozen else 0
+        if self.cache_frozen and int(self.unfreeze) >= n_groups:
+            raise TransferkitError(f"--cache-frozen needs a frozen layer group: {self.model} has {n_groups}, so --unfreeze at most {n_groups - 1}")
         if self.cache_frozen and self.augment == "strong":
             raise TransferkitError("--cache-frozen augments the cached feature maps (mirroring, with --augment light): use --augment light or none")
         if self.quantize is not None and self.strategy in END_TO_END_STRATEGIES:
@@ -278,17 +281,12 @@ def _train_end_to_end(dataset, train_set, opts: TrainOptions, run_dir: Path, res
     inputs = {"train": (train_set.samples, train_set.labels), "val": (dataset.val.samples, dataset.val.labels)}
     extract_seconds, from_group, cached, skipped = 0.0, None, None, None
     if opts.cache_frozen:  # the frozen groups run once, here, through the feature cache
-        n_groups = len(backbone.spec.layer_groups)
-        from_group = n_groups - int(opts.unfreeze)
-        if from_group < 1:
-            raise TransferkitError(f"--cache-frozen needs a frozen layer group: {opts.model} has {n_groups}, so --unfreeze at most {n_groups - 1}")
-        started, skipped = time.perf_counter(), 0
+        from_group = len(backbone.spec.layer_groups) - int(opts.unfreeze)
+        started = time.perf_counter()
         as_group = dataclasses.replace(opts, layer=f"group{from_group}", flip_tta=False, quantize=None)
-        for split, images in (("train", train_set), ("val", dataset.val)):
-            outputs = _extract(backbone, images, as_group, split, dataset.name, progress, train_set)
-            inputs[split] = outputs.usable_rows()
-            cached = outputs.hit if cached is None else cached and outputs.hit
-            skipped += len(outputs.failures) if split == "train" else 0
+        outputs = {split: _extract(backbone, images, as_group, split, dataset.name, progress, train_set) for split, images in (("train", train_set), ("val", dataset.val))}
+        inputs = {split: entry.usable_rows() for split, entry in outputs.items()}
+        cached, skipped = all(entry.hit for entry in outputs.values()), len(outputs["train"].failures)
         extract_seconds = time.perf_counter() - started
     config = FitConfig(
         strategy=opts.strategy, epochs=opts.epochs, lr=opts.lr, batch_size=opts.batch_size, weight_decay=opts.weight_decay,
