@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from transferkit import TransferkitError, build_backbone
 from transferkit.cli import app
+from transferkit.evaluate import evaluate_run
 from transferkit.features import list_entries
 from transferkit.runs import load_run
 from transferkit.train import train
@@ -79,6 +80,18 @@ def test_classify_and_evaluate_on_onnxruntime_match_pytorch(tmp_path, colours, m
     result = runner.invoke(app, ["classify", str(tmp_path / "run"), str(images[0]), "--engine", "onnxruntime", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)[0]["top"][0]["label"] == "red"
+
+
+def test_an_end_to_end_run_is_scored_on_onnxruntime_after_its_weights_are_saved(tmp_path, colours):
+    """train scores val and test through the saved weights' ONNX export (on a CPU, from 1,000 images
+    on, with --engine auto), and its figures are the PyTorch network's."""
+    train(colours, tmp_path / "run", progress=False, strategy="finetune", epochs=1, head_epochs=0, engine="onnxruntime",
+          cache_dir=str(tmp_path / "cache"), **FAST)  # fmt: skip
+    meta = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert (tmp_path / "cache" / "engines" / f"run-{meta['model_sha256'][:16]}-32.onnx").is_file()
+    recorded = json.loads((tmp_path / "run" / "metrics.json").read_text())["summary"]
+    assert meta["summary"] == recorded
+    assert evaluate_run(tmp_path / "run", str(colours), engine="torch")["accuracy"] == recorded["test_acc"]
 
 
 def test_flip_tta_averages_each_image_with_its_mirror():

@@ -259,14 +259,14 @@ def make_engine(name: str, backbone: Backbone, layer: str, image_size: int, fold
     return TorchEngine(model, device, backbone.spec.channels_last, backbone.spec.normalize)
 
 
-def scoring_engine(name: str, model: nn.Module, backbone: Backbone, image_size: int, n_images: int, key: str):
+def scoring_engine(name: str, model: nn.Module, backbone: Backbone, image_size: int, n_images: int, key: str, cache_dir=None):
     """A whole classifier (``model``, built on ``backbone``) as an engine: images in, class scores out.
 
     ``key`` names the exported file (it must change whenever the weights do); the ONNX files
-    live beside the feature cache's.
+    live beside the feature cache's (of ``cache_dir``, see :func:`~transferkit.features.cache_root`).
     """
     if resolve_engine(name, n_images) == "onnxruntime":
         from transferkit.features import cache_root
 
-        return OnnxEngine(model, image_size, cache_root().parent / "engines" / f"{key}-{image_size}.onnx")
+        return OnnxEngine(model, image_size, cache_root(cache_dir).parent / "engines" / f"{key}-{image_size}.onnx")
     return TorchEngine(model, None, backbone.spec.channels_last, backbone.spec.normalize)

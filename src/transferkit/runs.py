@@ -98,13 +98,14 @@ class Run:
     def transform(self):
         return self.model.backbone.transform(self.image_size)
 
-    def engine(self, name: str = "auto", n_images: int | None = None):
+    def engine(self, name: str = "auto", n_images: int | None = None, cache_dir: str | os.PathLike | None = None):
         """The network as an inference engine (see :mod:`transferkit.engines`); ONNX Runtime
-        only for a run whose model.json records its weights' checksum (it names the export)."""
+        only for a run whose description records its weights' checksum (it names the export,
+        kept beside the feature cache of ``cache_dir``)."""
         from transferkit.engines import scoring_engine
 
         digest = self.meta.get("model_sha256")
-        return scoring_engine(name if digest else "torch", self.model, self.model.backbone, self.image_size, n_images, f"run-{(digest or '')[:16]}")
+        return scoring_engine(name if digest else "torch", self.model, self.model.backbone, self.image_size, n_images, f"run-{(digest or '')[:16]}", cache_dir)
 
     def predict(self, images: Sequence, *, top_k: int = 5, batch_size: int = 32, progress: bool | str = False, engine: str = "auto") -> list[dict]:
         """Top-k classes per image (paths, folders, PIL images or arrays), in input order."""
@@ -114,11 +115,12 @@ class Run:
         sources = expand_paths(images)
         return classify_batches(self.engine(engine, len(sources)), sources, self.transform, self.classes, top_k=top_k, batch_size=batch_size, progress=progress)
 
-    def scores(self, samples: Sequence, *, batch_size: int = 32, progress: bool | str = False, engine: str = "auto") -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    def scores(self, samples: Sequence, *, batch_size: int = 32, progress: bool | str = False, engine: str = "auto",
+               cache_dir: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray, list[dict]]:  # fmt: skip
         """Class probabilities for ``samples``: (probabilities, ok mask, failures)."""
         from transferkit.loader import iterate_batches
 
-        run = self.engine(engine, len(samples))
+        run = self.engine(engine, len(samples), cache_dir)
         probs = np.zeros((len(samples), len(self.classes)), dtype=np.float32)
         ok = np.zeros(len(samples), dtype=bool)
         failures = []
@@ -130,8 +132,12 @@ class Run:
         return probs, ok, failures
 
 
-def save_run(run_dir: Path, model: TrainedModel, *, classes: list[str], image_size: int, head_kind: str, extra: dict | None = None) -> dict:
-    """Write the model and its description; returns the description."""
+def save_model(run_dir: Path, model: TrainedModel, *, classes: list[str], image_size: int, head_kind: str) -> dict:
+    """Write the model's weights; returns its description, with their checksum, for ``model.json``.
+
+    The caller writes ``model.json`` (:func:`write_json`) once the run is complete: its presence
+    marks a finished run.
+    """
     from transferkit import __version__
     from transferkit.weights import save_state_dict, sha256_file
 
@@ -150,13 +156,11 @@ def save_run(run_dir: Path, model: TrainedModel, *, classes: list[str], image_si
         "classes": list(classes),
         "image_size": image_size,
         "preprocessing": spec.preprocessing(image_size),
-        **(extra or {}),
     }
     state = {k: v for k, v in model.state_dict().items()}
     save_state_dict(state, run_dir / (MODEL_FILE + ".tmp"))
     meta["model_sha256"] = sha256_file(run_dir / (MODEL_FILE + ".tmp"))  # load_run refuses an altered file
     os.replace(run_dir / (MODEL_FILE + ".tmp"), run_dir / MODEL_FILE)
-    write_json(run_dir / MODEL_META, meta)
     return meta
 
 

@@ -316,10 +316,13 @@ def _train_end_to_end(dataset, train_set, opts: TrainOptions, run_dir: Path, res
 def _finish(run_dir: Path, dataset, train_set, model, history, timings, predictions, opts: TrainOptions, progress: bool) -> TrainResult:
     """Evaluate on val and test (unless ``predictions`` has them), save model, metrics, plots, report."""
     from transferkit.report import classification_metrics, plot_confusion, plot_curves, write_report
-    from transferkit.runs import Run, load_run, save_run, write_json
+    from transferkit.runs import MODEL_META, Run, load_run, save_model, write_json
 
     image_size = model.backbone.spec.check_image_size(opts.image_size)
-    run = Run(run_dir, model.eval(), list(dataset.classes), image_size, {})
+    # The weights first: their checksum names the ONNX export that scores val and test (eager
+    # PyTorch is ~3x slower on a CPU); model.json, written last, marks the run finished.
+    meta = save_model(run_dir, model, classes=list(dataset.classes), image_size=image_size, head_kind=opts.strategy)
+    run = Run(run_dir, model.eval(), list(dataset.classes), image_size, meta)
     metrics: dict[str, Any] = {}
     for split in ("val", "test"):
         images = dataset.splits.get(split)
@@ -328,7 +331,8 @@ def _finish(run_dir: Path, dataset, train_set, model, history, timings, predicti
             continue
         if images is None or not len(images):
             continue
-        probs, ok, _failures = run.scores(images.samples, batch_size=opts.batch_size, progress=f"evaluate {split}" if progress else False)
+        probs, ok, _failures = run.scores(images.samples, batch_size=opts.batch_size, progress=f"evaluate {split}" if progress else False,
+                                          engine=opts.engine, cache_dir=opts.cache_dir)
         metrics[split] = classification_metrics(images.labels[ok], probs[ok].argmax(1), dataset.classes)
     params = sum(p.numel() for p in model.parameters())
     summary = {
@@ -342,7 +346,6 @@ def _finish(run_dir: Path, dataset, train_set, model, history, timings, predicti
         **{k: v for k, v in timings.items() if v is not None},
         "params": params,
     }
-    save_run(run_dir, model, classes=list(dataset.classes), image_size=image_size, head_kind=opts.strategy, extra={"summary": summary})
     write_json(run_dir / "metrics.json", {"summary": summary, **metrics, "history": history})
     if history:
         x = "epoch" if "epoch" in history[0] else "train_images"
@@ -352,6 +355,7 @@ def _finish(run_dir: Path, dataset, train_set, model, history, timings, predicti
     if shown in metrics:
         plot_confusion(metrics[shown]["confusion_matrix"], dataset.classes, run_dir / "confusion.png", f"{shown} confusion matrix")
     write_report(run_dir, f"{dataset.name}: {opts.model} / {opts.strategy}", summary, metrics, dataset.classes)
+    write_json(run_dir / MODEL_META, {**meta, "summary": summary})
     return TrainResult(run_dir, {"summary": summary, **metrics}, load_run(run_dir))
 
 
