@@ -64,6 +64,13 @@ def test_int8_extraction_calibrates_every_split_on_the_training_split(folder, tm
     quantised = list((tmp_path / "cache" / "engines").glob("*-int8-*.onnx"))
     assert len(quantised) == 1  # one network for train and val: calibrated on the training split
 
+    listed = runner.invoke(app, ["cache", "list", *cache])
+    assert listed.exit_code == 0 and "ONNX exports: 2 files" in listed.stdout, listed.output  # float32 and int8
+    removed = runner.invoke(app, ["cache", "remove", "--engines", *cache])
+    assert removed.exit_code == 0 and "removed 0 cache entries and 2 ONNX exports" in removed.stdout, removed.output
+    assert not list((tmp_path / "cache" / "engines").iterdir())
+    assert len(json.loads(runner.invoke(app, ["cache", "list", *cache, "--json"]).stdout)) == 4  # the features stay
+
 
 @pytest.mark.parametrize(
     "args, message",

@@ -411,6 +411,13 @@ def list_entries(cache_dir: str | os.PathLike | None = None) -> list[dict]:
     return entries
 
 
+def engine_files(cache_dir: str | os.PathLike | None = None) -> list[Path]:
+    """The ONNX exports kept beside the feature cache: feature layers (float32 and int8) and the
+    trained runs' whole networks, one per run scored on 1,000 images or more."""
+    folder = cache_root(cache_dir).parent / "engines"
+    return sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+
+
 def remove_entries(keys: Sequence[str], cache_dir: str | os.PathLike | None = None) -> list[str]:
     """Delete entries by key (or unique key prefix); returns the keys removed."""
     root = cache_root(cache_dir)

@@ -17,8 +17,8 @@ app.add_typer(cache_app, name="cache")
 
 @command("list", app=cache_app)
 def list_cache(cache_dir: Path = CACHE_DIR, as_json: bool = JSON) -> None:
-    """List cached feature sets: backbone, layer, data, size, complete or not."""
-    from transferkit.features import cache_root, list_entries
+    """List cached feature sets: backbone, layer, data, size, complete or not; and the ONNX exports' size."""
+    from transferkit.features import cache_root, engine_files, list_entries
 
     entries = list_entries(cache_dir)
     if as_json:
@@ -30,21 +30,29 @@ def list_cache(cache_dir: Path = CACHE_DIR, as_json: bool = JSON) -> None:
         layer = (e["layer"] or "?") + (" (int8)" if e["quantize"] else "")
         table.add_row(e["key"][:12], e["backbone"] or "?", layer, data, str(e["count"] or "-"), str(e["dim"] or "-"), f"{e['bytes'] / 1e6:.1f}", "yes" if e["complete"] else "NO")
     Console().print(table)
+    exports = engine_files(cache_dir)
+    if exports:
+        size = sum(f.stat().st_size for f in exports) / 1e6
+        typer.echo(f"ONNX exports: {len(exports)} files, {size:.1f} MB in {exports[0].parent} (`cache remove --engines` frees them)")
 
 
 @command("remove", app=cache_app)
 def remove_cache(
     keys: list[str] = typer.Argument(None, help="Entry keys (or unique prefixes) to remove."),
-    remove_all: bool = typer.Option(False, "--all", help="Remove every entry."),
+    remove_all: bool = typer.Option(False, "--all", help="Remove every entry and every ONNX export."),
+    engines: bool = typer.Option(False, "--engines", help="Remove the ONNX exports (made again when next needed)."),
     cache_dir: Path = CACHE_DIR,
 ) -> None:
-    """Remove cache entries by key, or all of them with --all."""
+    """Remove cache entries by key, the ONNX exports with --engines, or all of them with --all."""
     from transferkit.errors import TransferkitError
-    from transferkit.features import list_entries, remove_entries
+    from transferkit.features import engine_files, list_entries, remove_entries
 
     if remove_all:
         keys = [e["key"] for e in list_entries(cache_dir)]
-    elif not keys:
-        raise TransferkitError("name the entries to remove (see `transferkit cache list`) or pass --all")
-    removed = remove_entries(keys, cache_dir)
-    typer.echo(f"removed {len(removed)} cache entr{'y' if len(removed) == 1 else 'ies'}")
+    elif not keys and not engines:
+        raise TransferkitError("name the entries to remove (see `transferkit cache list`), or pass --engines or --all")
+    removed = remove_entries(keys or [], cache_dir)
+    exports = engine_files(cache_dir) if engines or remove_all else []
+    for path in exports:
+        path.unlink(missing_ok=True)
+    typer.echo(f"removed {len(removed)} cache entr{'y' if len(removed) == 1 else 'ies'}" + (f" and {len(exports)} ONNX exports" if exports else ""))
