@@ -155,6 +155,15 @@ def test_onnxruntime_engine_matches_pytorch(tmp_path, images, resnet):
     np.testing.assert_allclose(flipped.features, _extract(images, resnet, tmp_path, engine="torch", flip_tta=True).features, atol=1e-3)
 
 
+def test_engines_agree_to_a_thousandth_of_the_outputs_scale():
+    from transferkit.engines import parity_error
+
+    small = np.array([[0.5, -0.25]], dtype=np.float32)
+    assert parity_error(small + 2e-4, small) == pytest.approx(2e-4, rel=1e-3)  # absolute below 1
+    assert parity_error(small * 1e6 + 8, small * 1e6) == pytest.approx(8 / 5e5, rel=1e-3)  # relative above
+    assert parity_error(small[:, :1], small) == float("inf")
+
+
 def test_a_stale_onnx_export_is_exported_again(tmp_path, images, resnet):
     from transferkit.engines import LayerFeatures, export_onnx
 
