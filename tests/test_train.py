@@ -94,6 +94,23 @@ def test_an_end_to_end_run_is_scored_on_onnxruntime_after_its_weights_are_saved(
     assert evaluate_run(tmp_path / "run", str(colours), engine="torch")["accuracy"] == recorded["test_acc"]
 
 
+def test_auto_scoring_falls_back_to_pytorch_where_onnxruntime_fails(tmp_path, colours, monkeypatch):
+    from transferkit import engines
+
+    train(colours, tmp_path / "run", progress=False, strategy="linear", cache_dir=str(tmp_path / "cache"), **FAST)
+    run = load_run(tmp_path / "run")
+    images = sorted((colours / "test" / "red").glob("*.png"))
+    expected, _, _ = run.scores(images, engine="torch")
+    monkeypatch.setattr(engines, "PARITY_ATOL", -1.0)  # nothing agrees now
+    monkeypatch.setenv("TRANSFERKIT_ENGINE", "auto")  # the tests' default is torch
+    monkeypatch.setattr(engines, "AUTO_ONNX_MIN_IMAGES", 1)  # auto picks ONNX Runtime for these few images
+    with pytest.warns(UserWarning, match="ONNX Runtime cannot run this network.*scoring with PyTorch"):
+        probs, ok, _ = run.scores(images, cache_dir=tmp_path / "cache")
+    np.testing.assert_array_equal(probs, expected)
+    with pytest.raises(TransferkitError, match="differ from PyTorch's"):  # asked for by name: no fallback
+        run.scores(images, engine="onnxruntime", cache_dir=tmp_path / "cache")
+
+
 def test_flip_tta_averages_each_image_with_its_mirror():
     backbone = build_backbone("resnet18", pretrained=False, seed=0).eval()
     x = torch.randn(3, 3, 32, 32)

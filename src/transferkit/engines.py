@@ -3,8 +3,8 @@
 On a CPU, ONNX Runtime runs these convnets several times faster than eager PyTorch. The
 network (a backbone up to the requested layer, or a whole classifier) is exported once per
 weights/layer/size, kept beside the feature cache, and checked against PyTorch on a sample
-batch before it is trusted: outputs must match to 1e-3, or the engine is refused with a clear
-message.
+batch before it is trusted: outputs must match to 1e-3 (of the largest output, where above 1),
+or the engine is refused with a clear message; ``auto`` scoring then falls back to PyTorch.
 With ``--quantize int8`` the export is further quantised by ONNX Runtime (static int8, ranges
 calibrated on a sample of the training images); its features are checked for agreement
 (cosine similarity) rather than equality.
@@ -272,9 +272,16 @@ def scoring_engine(name: str, model: nn.Module, backbone: Backbone, image_size: 
 
     ``key`` names the exported file (it must change whenever the weights do); the ONNX files
     live beside the feature cache's (of ``cache_dir``, see :func:`~transferkit.features.cache_root`).
+    Where ``auto`` chose ONNX Runtime and it cannot run the network (export or parity check), PyTorch
+    scores instead, with a warning: the scores are the same, and a finished training is not lost.
     """
     if resolve_engine(name, n_images) == "onnxruntime":
         from transferkit.features import cache_root
 
-        return OnnxEngine(model, image_size, cache_root(cache_dir).parent / "engines" / f"{key}-{image_size}.onnx")
+        try:
+            return OnnxEngine(model, image_size, cache_root(cache_dir).parent / "engines" / f"{key}-{image_size}.onnx")
+        except Exception as err:  # the exporter raises many kinds
+            if name != "auto":
+                raise
+            warnings.warn(f"ONNX Runtime cannot run this network ({str(err).splitlines()[0]}); scoring with PyTorch", stacklevel=2)
     return TorchEngine(model, None, backbone.spec.channels_last, backbone.spec.normalize)
