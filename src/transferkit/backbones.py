@@ -238,11 +238,12 @@ class Backbone(nn.Module):
         mirror image (one forward pass on both)."""
         if flip_tta:  # unflatten, not slicing by len(x): the batch size stays dynamic in an ONNX export
             return self.features(torch.cat([x, x.flip(-1)]), layer).unflatten(0, (2, -1)).mean(0)
-        if layer == "penultimate":
+        kind, n = parse_layer(layer, self.spec)
+        if kind == "penultimate":
             return self.forward_features(x)
-        if layer.startswith("group"):
-            return self.group_output(x, parse_group(layer, self.spec)).flatten(1)
-        return self.forward_stage(x, parse_layer(layer, self.spec))
+        if kind == "group":
+            return self.group_output(x, n).flatten(1)
+        return self.forward_stage(x, n)
 
     def layer_groups(self) -> list[list[nn.Module]]:
         """Body modules grouped from input to output (fine-tuning unfreezes from the end)."""
@@ -252,20 +253,16 @@ class Backbone(nn.Module):
         return self.spec.transform(image_size, uint8)
 
 
-def parse_group(layer: str, spec: BackboneSpec) -> int:
-    """``groupN`` -> N, checked against the spec's layer groups."""
-    n = len(spec.layer_groups)
-    if layer.startswith("group") and layer[5:].isdigit() and 1 <= int(layer[5:]) <= n:
-        return int(layer[5:])
-    raise TransferkitError(f"unknown layer {layer!r} for {spec.name}: its layer groups are group1..group{n}")
-
-
-def parse_layer(layer: str, spec: BackboneSpec) -> int:
-    """``stageN`` -> N, checked against the spec; "penultimate" is handled by the caller."""
-    n = len(spec.stages)
-    if layer.startswith("stage") and layer[5:].isdigit() and 1 <= int(layer[5:]) <= n:
-        return int(layer[5:])
-    raise TransferkitError(f"unknown layer {layer!r} for {spec.name}: use penultimate, stage1..stage{n} or group1..group{len(spec.layer_groups)}")
+def parse_layer(layer: str, spec: BackboneSpec) -> tuple[str, int]:
+    """``"penultimate"`` -> ("penultimate", 0); ``stageN`` / ``groupN`` -> ("stage" / "group", N),
+    N checked against the spec's stages / layer groups."""
+    if layer == "penultimate":
+        return layer, 0
+    counts = {"stage": len(spec.stages), "group": len(spec.layer_groups)}
+    kind, number = layer[:5], layer[5:]
+    if kind in counts and number.isdigit() and 1 <= int(number) <= counts[kind]:
+        return kind, int(number)
+    raise TransferkitError(f"unknown layer {layer!r} for {spec.name}: use penultimate, stage1..stage{counts['stage']} or group1..group{counts['group']}")
 
 
 # ----------------------------------------------------------------------------- registry

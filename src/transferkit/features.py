@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from filelock import FileLock
 
-from transferkit.backbones import Backbone, build_backbone
+from transferkit.backbones import Backbone, build_backbone, parse_layer
 from transferkit.errors import TransferkitError
 from transferkit.loader import ImageSource, default_workers, iterate_batches
 from transferkit.weights import sha256_file
@@ -277,10 +277,7 @@ def extract_features(
     if batch_size < 1:
         raise TransferkitError(f"--batch-size must be at least 1, got {batch_size}")
     backbone.spec.check_image_size(image_size)
-    if layer != "penultimate":
-        from transferkit.backbones import parse_group, parse_layer
-
-        (parse_group if layer.startswith("group") else parse_layer)(layer, backbone.spec)
+    parse_layer(layer, backbone.spec)  # an unknown layer fails before any work
     from transferkit.engines import QUANTIZATIONS, resolve_engine
 
     labels = np.asarray(labels, dtype=np.int64)
