@@ -9,7 +9,10 @@ from sklearn.exceptions import NotFittedError
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
-from transferkit.heads import SCALINGS, _pick_c, LinearHead, MLPHead, NumpyDropout, PowerL2Norm, SVMHead, make_head, power_l2
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from transferkit.heads import SCALINGS, _pick_c, LinearHead, MLPHead, NumpyDropout, PowerL2Norm, SVMHead, head_module, make_head, power_l2
 
 
 @pytest.fixture(scope="module")
@@ -113,3 +116,58 @@ def test_linear_head_fits_with_one_blas_thread_and_gives_the_pool_back(monkeypat
     LinearHead(C=1.0).fit(X, y)
     LinearHead(C=1.0, blas_threads=None).fit(X, y)
     assert seen == [{1}, before] and blas_threads() == before
+
+
+HEAD_FACTORIES = {
+    "linear": lambda seed, weight: LinearHead(C=1.0, scaling="standard", random_state=seed, class_weight=weight),
+    "linear-power-l2": lambda seed, weight: LinearHead(C=10.0, scaling="power-l2", random_state=seed, class_weight=weight),
+    "svm": lambda seed, weight: SVMHead(C=0.1, random_state=seed, class_weight=weight),
+    "svm-rbf": lambda seed, weight: SVMHead(kernel="rbf", C=1.0, n_components=40, random_state=seed, class_weight=weight),
+    "mlp": lambda seed, weight: MLPHead(hidden=16, epochs=3, min_steps=20, random_state=seed, class_weight=weight),
+}
+
+
+@pytest.mark.parametrize("name", list(HEAD_FACTORIES))
+@settings(max_examples=8, deadline=None, derandomize=True)
+@given(n_classes=st.integers(2, 7), imbalance=st.sampled_from([1, 3]), balanced_weights=st.booleans(), seed=st.integers(0, 3))
+def test_folded_head_gives_the_estimators_answers(name, n_classes, imbalance, balanced_weights, seed):
+    """For any number of classes, two included, balanced or not: the torch module predicts what the
+    estimator predicts, with the same probabilities for probabilistic heads, and the layout it records
+    rebuilds a module that takes its weights."""
+    rng = np.random.default_rng(seed)
+    counts = [12 * (imbalance if c == 0 else 1) for c in range(n_classes)]
+    y = np.repeat(np.arange(n_classes), counts)
+    X = (rng.normal(size=(len(y), 10)) + 1.5 * rng.normal(size=(n_classes, 10))[y] * 2 + 4).astype(np.float32)
+    head = HEAD_FACTORIES[name](seed, "balanced" if balanced_weights else None).fit(X, y)
+    module = head.to_module().eval()
+    with torch.no_grad():
+        scores = module(torch.as_tensor(X)).numpy()
+    assert scores.shape == (len(X), n_classes)
+    np.testing.assert_array_equal(head.classes_[scores.argmax(1)], head.predict(X))
+    if hasattr(head, "predict_proba"):
+        np.testing.assert_allclose(torch.as_tensor(scores).softmax(1).numpy(), head.predict_proba(X), atol=1e-5)
+    else:
+        np.testing.assert_allclose(scores, head.decision_function(X), atol=1e-4, rtol=1e-4)
+    rebuilt = head_module(head.layout_)
+    rebuilt.load_state_dict(module.state_dict())
+    with torch.no_grad():
+        np.testing.assert_allclose(rebuilt.eval()(torch.as_tensor(X)).numpy(), scores, atol=1e-6)
+
+
+def test_two_class_linear_head_is_not_a_constant():
+    """The bug a 348-test suite missed: a binary logistic regression folded into one output made
+    argmax answer class 0 for every image."""
+    X, y = make_classification(n_samples=200, n_features=12, n_informative=6, n_classes=2, class_sep=2.0, random_state=1)
+    head = LinearHead().fit(X[:150], y[:150])
+    with torch.no_grad():
+        predicted = head.to_module()(torch.as_tensor(X[150:], dtype=torch.float32)).argmax(1).numpy()
+    assert head.layout_["dims"][-1] == 2
+    assert set(predicted) == {0, 1} and (predicted == y[150:]).mean() > 0.8
+
+
+def test_class_weight_balanced_moves_the_minority_recall():
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], [300, 30])
+    X = (rng.normal(size=(330, 5)) + 0.8 * y[:, None]).astype(np.float32)
+    recall = {weight: (LinearHead(C=1.0, scaling="standard", class_weight=weight).fit(X, y).predict(X[y == 1]) == 1).mean() for weight in (None, "balanced")}
+    assert recall["balanced"] > recall[None] + 0.2

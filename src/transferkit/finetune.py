@@ -32,6 +32,7 @@ from torchvision.transforms import InterpolationMode, v2
 
 from transferkit.backbones import Backbone, BackboneSpec
 from transferkit.errors import TransferkitError
+from transferkit.heads import head_module
 from transferkit.loader import DecodedImages, ImageSource, default_workers
 
 STRATEGIES = ("frozen", "finetune", "scratch")
@@ -84,7 +85,15 @@ class FitResult:
     trainable_params: int  # at the end of training
     total_params: int
     failures: dict[str, list[tuple[int, str]]]  # per split: (position, reason) of images that could not be decoded
+    head_layout: dict | None = None  # the new head's, for model.json (heads.head_module builds it)
     global_rank: int = 0  # under DDP every process returns; only rank 0 should write artifacts
+
+
+def new_head_layout(feature_dim: int, num_classes: int, dropout: float) -> dict:
+    """The head an end-to-end run trains: a linear layer, with dropout before it when asked."""
+    if dropout > 0:
+        return {"type": "dropout-linear", "dims": [feature_dim, num_classes], "dropout": dropout}
+    return {"type": "linear", "dims": [feature_dim, num_classes]}
 
 
 def train_transform(spec: BackboneSpec, image_size: int | None = None, augment: str = "light", uint8: bool = False) -> v2.Compose:
@@ -475,8 +484,8 @@ def fit(
     old_log = _read_csv(log_file) if log_file.is_file() else []  # CSVLogger empties it on start: merged back below
 
     L.seed_everything(config.seed, workers=True, verbose=False)
-    if not (resume and backbone.num_classes == num_classes):
-        backbone.reset_classifier(num_classes, config.dropout)
+    head_layout = new_head_layout(backbone.feature_dim, num_classes, config.dropout)
+    backbone.classifier = head_module(head_layout)  # a resumed run's weights come from its checkpoint
     backbone.requires_grad_(True)  # the Freezer decides from here
     counts = torch.bincount(train_labels, minlength=num_classes).clamp(min=1).float()
     class_weights = len(train_labels) / (num_classes * counts) if config.balance == "weights" else None
@@ -535,5 +544,5 @@ def fit(
         trainable_params=sum(p.numel() for p in backbone.parameters() if p.requires_grad),
         total_params=sum(p.numel() for p in backbone.parameters()),
         failures={split: sorted(found.items()) for split, found in model.failures.items()},
-        global_rank=trainer.global_rank,
+        head_layout=head_layout, global_rank=trainer.global_rank,
     )  # fmt: skip

@@ -15,22 +15,64 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
+from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import threadpool_limits
 from torch import nn
 
 HEADS = ("linear", "svm", "mlp")
+# A head's layout, recorded in model.json, is what builds its module, when trained and when loaded:
+# type -> what ``dims`` lists.
+LAYOUTS = {
+    "linear": "in, classes",
+    "power-l2-linear": "in, classes",
+    "dropout-linear": "in, classes (and 'dropout')",
+    "mlp": "in, hidden, classes",
+    "power-l2-mlp": "in, hidden, classes",
+    "rbf": "in, landmarks, classes",
+}
 
 
-def _standardised_linear(scaler: StandardScaler, coef: np.ndarray, intercept: np.ndarray) -> nn.Linear:
-    """``coef @ ((x - mean) / scale) + intercept`` as one Linear layer on raw features."""
-    weight = coef / scaler.scale_
-    bias = intercept - weight @ scaler.mean_
-    layer = nn.Linear(weight.shape[1], weight.shape[0])
+def head_module(layout: dict) -> nn.Module:
+    """The (untrained) head network ``layout`` describes: the one place a head's shape becomes layers."""
+    kind, dims = layout.get("type"), layout.get("dims")
+    if kind not in LAYOUTS:
+        raise ValueError(f"unknown head type {kind!r}: expected one of {', '.join(LAYOUTS)}")
+    if kind == "linear":
+        return nn.Linear(dims[0], dims[1])
+    if kind == "power-l2-linear":
+        return nn.Sequential(PowerL2Norm(), nn.Linear(dims[0], dims[1]))
+    if kind == "dropout-linear":
+        return nn.Sequential(nn.Dropout(layout.get("dropout", 0.0)), nn.Linear(dims[0], dims[1]))
+    if kind == "rbf":
+        return nn.Sequential(RBFFeatures(dims[0], dims[1]), nn.Linear(dims[1], dims[2]))
+    mlp = [nn.Linear(dims[0], dims[1]), nn.ReLU(), nn.Linear(dims[1], dims[2])]
+    return nn.Sequential(PowerL2Norm(), *mlp) if kind == "power-l2-mlp" else nn.Sequential(*mlp)
+
+
+def _two_rows_if_binary(coef: np.ndarray, intercept: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn keeps one row of a binary linear model (the positive class's score); a network
+    needs one output per class.  ``scale`` 0.5 gives logits (-z/2, z/2), whose softmax is exactly
+    sigmoid(z) (logistic regression's probabilities); 1 gives (-z, z), an SVM's decision function."""
+    if coef.shape[0] != 1:
+        return coef, intercept
+    return np.concatenate([-scale * coef, scale * coef]), np.concatenate([-scale * intercept, scale * intercept])
+
+
+def _copy_linear(layer: nn.Linear, weight: np.ndarray, bias: np.ndarray) -> None:
     with torch.no_grad():
         layer.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
         layer.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
-    return layer
+
+
+def _unstandardised(scaler: StandardScaler, coef: np.ndarray, intercept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``coef @ ((x - mean) / scale) + intercept`` as one affine map on raw features."""
+    weight = coef / scaler.scale_
+    return weight, intercept - weight @ scaler.mean_
+
+
+def _last_linear(module: nn.Module) -> nn.Linear:
+    return [m for m in module.modules() if isinstance(m, nn.Linear)][-1]
 
 
 def _pick_c(estimator, X, y, grid, cv_max_samples, seed) -> tuple[float, float]:
@@ -91,8 +133,9 @@ class LinearHead(ClassifierMixin, BaseEstimator):
     C_GRIDS = {"standard": (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 1.0), "power-l2": (1.0, 3.0, 10.0, 30.0, 100.0)}
 
     def __init__(self, C: float | None = None, scaling: str | None = None, max_iter: int = 1000, cv_max_samples: int = 5000, random_state: int = 0,
-                 blas_threads: int | None = 1):  # fmt: skip
+                 blas_threads: int | None = 1, class_weight: str | None = None):  # fmt: skip
         self.C = C
+        self.class_weight = class_weight  # "balanced": classes weighted inversely to their frequency
         self.scaling = scaling
         self.max_iter = max_iter
         self.cv_max_samples = cv_max_samples
@@ -118,7 +161,7 @@ class LinearHead(ClassifierMixin, BaseEstimator):
         scalings = [self.scaling] if self.scaling else list(SCALINGS) if self.C is None else ["standard"]
         self.scaler_ = StandardScaler().fit(X)
         scaled = {name: self._scale(X, name) for name in scalings}
-        model = LogisticRegression(max_iter=self.max_iter)
+        model = LogisticRegression(max_iter=self.max_iter, class_weight=self.class_weight)
         if self.C is not None:
             self.scaling_, self.C_ = scalings[0], self.C
         else:  # the best cross-validated score over every (scaling, C)
@@ -137,15 +180,20 @@ class LinearHead(ClassifierMixin, BaseEstimator):
         best = self.predict_proba(X).argmax(1)
         return self.classes_[best]
 
-    def to_module(self) -> nn.Module:
+    @property
+    def layout_(self) -> dict:
         check_is_fitted(self)
+        dims = [self.model_.coef_.shape[1], len(self.classes_)]
+        return {"type": "linear" if self.scaling_ == "standard" else "power-l2-linear", "dims": dims}
+
+    def to_module(self) -> nn.Module:
+        """The head as a network on raw features; its softmax is ``predict_proba``, two classes included."""
+        module = head_module(self.layout_)
+        coef, intercept = _two_rows_if_binary(self.model_.coef_, self.model_.intercept_, 0.5)
         if self.scaling_ == "standard":
-            return _standardised_linear(self.scaler_, self.model_.coef_, self.model_.intercept_)
-        layer = nn.Linear(self.model_.coef_.shape[1], self.model_.coef_.shape[0])
-        with torch.no_grad():
-            layer.weight.copy_(torch.as_tensor(self.model_.coef_, dtype=torch.float32))
-            layer.bias.copy_(torch.as_tensor(self.model_.intercept_, dtype=torch.float32))
-        return nn.Sequential(PowerL2Norm(), layer)
+            coef, intercept = _unstandardised(self.scaler_, coef, intercept)
+        _copy_linear(_last_linear(module), coef, intercept)
+        return module
 
 
 class SVMHead(ClassifierMixin, BaseEstimator):
@@ -156,8 +204,10 @@ class SVMHead(ClassifierMixin, BaseEstimator):
     run inside the network as a small torch module.
     """
 
-    def __init__(self, kernel: str = "linear", C: float | None = None, c_grid=(1e-3, 1e-2, 1e-1, 1.0), n_components: int = 1000, cv_max_samples: int = 5000, random_state: int = 0):
+    def __init__(self, kernel: str = "linear", C: float | None = None, c_grid=(1e-3, 1e-2, 1e-1, 1.0), n_components: int = 1000, cv_max_samples: int = 5000, random_state: int = 0,
+                 class_weight: str | None = None):  # fmt: skip
         self.kernel = kernel
+        self.class_weight = class_weight
         self.C = C
         self.c_grid = c_grid
         self.n_components = n_components
@@ -178,7 +228,7 @@ class SVMHead(ClassifierMixin, BaseEstimator):
             self.kernel_map_ = Nystroem(gamma=1.0 / X.shape[1], n_components=n, random_state=self.random_state)
             self.kernel_map_.fit(self.scaler_.transform(X))
         Z = self._map(X)
-        model = LinearSVC(dual="auto", max_iter=5000)
+        model = LinearSVC(dual="auto", max_iter=5000, class_weight=self.class_weight)
         self.C_ = self.C if self.C is not None else _pick_c(model, Z, y, list(self.c_grid), self.cv_max_samples, self.random_state)[0]
         self.model_ = model.set_params(C=self.C_).fit(Z, y)
         self.classes_ = self.model_.classes_
@@ -193,22 +243,23 @@ class SVMHead(ClassifierMixin, BaseEstimator):
         best = self.decision_function(X).argmax(1)
         return self.classes_[best]
 
-    def to_module(self) -> nn.Module:
+    @property
+    def layout_(self) -> dict:
         check_is_fitted(self)
-        coef, intercept = self.model_.coef_, self.model_.intercept_
-        if coef.shape[0] == 1:  # binary: scikit-learn keeps one row; make two opposite ones
-            coef, intercept = np.concatenate([-coef, coef]), np.concatenate([-intercept, intercept])
         if self.kernel == "linear":
-            return _standardised_linear(self.scaler_, coef, intercept)
-        return nn.Sequential(
-            RBFFeatures.from_sklearn(self.scaler_, self.kernel_map_), _standardised_linear(_identity_scaler(coef.shape[1]), coef, intercept)
-        )
+            return {"type": "linear", "dims": [self.scaler_.mean_.shape[0], len(self.classes_)]}
+        return {"type": "rbf", "dims": [self.scaler_.mean_.shape[0], self.kernel_map_.components_.shape[0], len(self.classes_)]}
 
-
-def _identity_scaler(dim: int) -> StandardScaler:
-    scaler = StandardScaler()
-    scaler.mean_, scaler.scale_ = np.zeros(dim), np.ones(dim)
-    return scaler
+    def to_module(self) -> nn.Module:
+        """The head as a network on raw features; its outputs are ``decision_function``'s."""
+        module = head_module(self.layout_)
+        coef, intercept = _two_rows_if_binary(self.model_.coef_, self.model_.intercept_, 1.0)
+        if self.kernel == "linear":
+            coef, intercept = _unstandardised(self.scaler_, coef, intercept)
+        else:
+            module[0].load_sklearn(self.scaler_, self.kernel_map_)
+        _copy_linear(_last_linear(module), coef, intercept)
+        return module
 
 
 class RBFFeatures(nn.Module):
@@ -223,12 +274,10 @@ class RBFFeatures(nn.Module):
         self.register_buffer("normalization", torch.eye(n_components))
         self.register_buffer("gamma", torch.tensor(1.0))
 
-    @classmethod
-    def from_sklearn(cls, scaler: StandardScaler, kernel_map: Nystroem) -> "RBFFeatures":
-        module = cls(*kernel_map.components_.shape[::-1])
+    @torch.no_grad()
+    def load_sklearn(self, scaler: StandardScaler, kernel_map: Nystroem) -> None:
         for name, value in (("mean", scaler.mean_), ("scale", scaler.scale_), ("landmarks", kernel_map.components_), ("normalization", kernel_map.normalization_), ("gamma", kernel_map.gamma)):
-            getattr(module, name).copy_(torch.as_tensor(value, dtype=torch.float32))
-        return module
+            getattr(self, name).copy_(torch.as_tensor(value, dtype=torch.float32))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = (x - self.mean) / self.scale
@@ -262,8 +311,9 @@ class MLPHead(ClassifierMixin, BaseEstimator):
     """
 
     def __init__(self, hidden: int = 512, dropout: float = 0.5, lr: float = 1e-3, weight_decay: float = 1e-4, epochs: int = 10, batch_size: int = 256,
-                 min_steps: int = 500, scaling: str = "power-l2", random_state: int = 0):  # fmt: skip
+                 min_steps: int = 500, scaling: str = "power-l2", random_state: int = 0, class_weight: str | None = None):  # fmt: skip
         self.hidden = hidden
+        self.class_weight = class_weight
         self.dropout = dropout
         self.lr = lr
         self.weight_decay = weight_decay
@@ -286,6 +336,9 @@ class MLPHead(ClassifierMixin, BaseEstimator):
         normalised = self._normalised(X)  # once: it is the whole training matrix
         self.classes_ = np.unique(y)
         targets = torch.as_tensor(np.searchsorted(self.classes_, y))
+        weights = None
+        if self.class_weight is not None:
+            weights = torch.as_tensor(compute_class_weight(self.class_weight, classes=self.classes_, y=y), dtype=torch.float32)
         self.scaler_ = StandardScaler().fit(normalised)
         inputs = torch.as_tensor(self.scaler_.transform(normalised), dtype=torch.float32)
         generator = torch.Generator().manual_seed(self.random_state)
@@ -302,7 +355,7 @@ class MLPHead(ClassifierMixin, BaseEstimator):
         for _ in range(epochs):
             for rows in torch.randperm(len(inputs), generator=generator).split(self.batch_size):
                 optimiser.zero_grad()
-                nn.functional.cross_entropy(net(inputs[rows]), targets[rows]).backward()
+                nn.functional.cross_entropy(net(inputs[rows]), targets[rows], weight=weights).backward()
                 optimiser.step()
                 schedule.step()
         self.net_ = net.eval()
@@ -317,12 +370,20 @@ class MLPHead(ClassifierMixin, BaseEstimator):
         best = self.predict_proba(X).argmax(1)
         return self.classes_[best]
 
-    def to_module(self) -> nn.Module:
+    @property
+    def layout_(self) -> dict:
         check_is_fitted(self)
         first, last = self.net_[1], self.net_[4]
-        folded = _standardised_linear(self.scaler_, first.weight.detach().numpy(), first.bias.detach().numpy())
-        layers = [folded, nn.ReLU(), last]
-        return nn.Sequential(PowerL2Norm(), *layers) if self.scaling == "power-l2" else nn.Sequential(*layers)
+        return {"type": "power-l2-mlp" if self.scaling == "power-l2" else "mlp", "dims": [first.in_features, first.out_features, last.out_features]}
+
+    def to_module(self) -> nn.Module:
+        """The head as a network on raw features (the scaler folded into the first layer); its softmax is ``predict_proba``."""
+        module = head_module(self.layout_)
+        first, last = self.net_[1], self.net_[4]
+        linears = [m for m in module if isinstance(m, nn.Linear)]
+        _copy_linear(linears[0], *_unstandardised(self.scaler_, first.weight.detach().numpy(), first.bias.detach().numpy()))
+        _copy_linear(linears[1], last.weight.detach().numpy(), last.bias.detach().numpy())
+        return module
 
 
 def make_head(name: str, *, kernel: str = "linear", seed: int = 0, **params) -> BaseEstimator:

@@ -27,12 +27,16 @@ MODEL_META = "model.json"
 
 
 class TrainedModel(nn.Module):
-    """Backbone features at ``layer`` followed by a trained head: images in, class scores out."""
+    """Backbone features at ``layer`` followed by a trained head: images in, class scores out.
 
-    def __init__(self, backbone: Backbone, head: nn.Module, layer: str = "penultimate", flip_tta: bool = False):
+    ``head_layout`` is the layout the head was built from (heads.head_module); model.json records it.
+    """
+
+    def __init__(self, backbone: Backbone, head: nn.Module, head_layout: dict, layer: str = "penultimate", flip_tta: bool = False):
         super().__init__()
         self.backbone = backbone
         self.head = head
+        self.head_layout = head_layout
         self.layer = layer
         self.flip_tta = flip_tta  # features as the head was trained on them: averaged with the mirror image's
         backbone.classifier = nn.Identity()  # the head replaces the ImageNet classifier
@@ -41,47 +45,14 @@ class TrainedModel(nn.Module):
         return self.head(self.backbone.features(x, self.layer, self.flip_tta))
 
 
-def build_head(description: dict) -> nn.Module:
-    """An untrained head module with the shape ``description`` records (see heads.to_module)."""
-    kind = description["type"]
-    dims = description["dims"]
-    if kind == "linear":
-        return nn.Linear(dims[0], dims[1])
-    if kind == "mlp":
-        return nn.Sequential(nn.Linear(dims[0], dims[1]), nn.ReLU(), nn.Linear(dims[1], dims[2]))
-    if kind == "power-l2-linear":
-        from transferkit.heads import PowerL2Norm
+def build_head(layout: dict) -> nn.Module:
+    """An untrained head module with the layout ``model.json`` records."""
+    from transferkit.heads import head_module
 
-        return nn.Sequential(PowerL2Norm(), nn.Linear(dims[0], dims[1]))
-    if kind == "power-l2-mlp":
-        from transferkit.heads import PowerL2Norm
-
-        return nn.Sequential(PowerL2Norm(), nn.Linear(dims[0], dims[1]), nn.ReLU(), nn.Linear(dims[1], dims[2]))
-    if kind == "dropout-linear":
-        return nn.Sequential(nn.Dropout(description.get("dropout", 0.0)), nn.Linear(dims[0], dims[1]))
-    if kind == "rbf":
-        from transferkit.heads import RBFFeatures
-
-        return nn.Sequential(RBFFeatures(dims[0], dims[1]), nn.Linear(dims[1], dims[2]))
-    raise TransferkitError(f"unknown head type {kind!r} in {MODEL_META}; this run needs a newer transferkit")
-
-
-def describe_head(head: nn.Module) -> dict:
-    """The shape of a head module, enough to rebuild it with :func:`build_head`."""
-    from transferkit.heads import PowerL2Norm, RBFFeatures
-
-    if isinstance(head, nn.Linear):
-        return {"type": "linear", "dims": [head.in_features, head.out_features]}
-    layers = list(head)
-    if isinstance(layers[0], PowerL2Norm) and len(layers) == 2:
-        return {"type": "power-l2-linear", "dims": [layers[1].in_features, layers[1].out_features]}
-    if isinstance(layers[0], PowerL2Norm):
-        return {"type": "power-l2-mlp", "dims": [layers[1].in_features, layers[1].out_features, layers[3].out_features]}
-    if isinstance(layers[0], nn.Dropout):
-        return {"type": "dropout-linear", "dims": [layers[1].in_features, layers[1].out_features], "dropout": layers[0].p}
-    if isinstance(layers[0], RBFFeatures):
-        return {"type": "rbf", "dims": [layers[0].in_dim, layers[0].n_components, layers[1].out_features]}
-    return {"type": "mlp", "dims": [layers[0].in_features, layers[0].out_features, layers[2].out_features]}
+    try:
+        return head_module(layout)
+    except (ValueError, TypeError, IndexError, KeyError):
+        raise TransferkitError(f"unknown head layout {layout!r} in {MODEL_META}; this run needs a newer transferkit") from None
 
 
 @dataclass
@@ -152,7 +123,7 @@ def save_model(run_dir: Path, model: TrainedModel, *, classes: list[str], image_
         "layer": model.layer,
         "flip_tta": model.flip_tta,
         "strategy": head_kind,
-        "head": describe_head(model.head),
+        "head": model.head_layout,
         "classes": list(classes),
         "image_size": image_size,
         "preprocessing": spec.preprocessing(image_size),
@@ -216,7 +187,7 @@ def load_run(run_dir: str | os.PathLike) -> Run:
             f"{MODEL_META}); restore it from a backup or train again"
         )
     backbone = build_backbone(meta["backbone"], pretrained=False, seed=None)
-    model = TrainedModel(backbone, build_head(meta["head"]), meta["layer"], meta.get("flip_tta", False))
+    model = TrainedModel(backbone, build_head(meta["head"]), meta["head"], meta["layer"], meta.get("flip_tta", False))
     state = read_state_dict(run_dir / MODEL_FILE)
     own = model.state_dict()
     problems = [

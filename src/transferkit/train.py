@@ -244,7 +244,7 @@ def _train_head(dataset, train_set, opts: TrainOptions, progress: bool):
         "chosen_C": getattr(head, "C_", None),
         "chosen_scaling": getattr(head, "scaling_", None),
     }
-    return TrainedModel(backbone, module, opts.layer, opts.flip_tta), history, timings, predictions
+    return TrainedModel(backbone, module, head.layout_, opts.layer, opts.flip_tta), history, timings, predictions
 
 
 def _head_learning_curve(head, X, y, val, opts) -> list[dict]:
@@ -310,7 +310,7 @@ def _train_end_to_end(dataset, train_set, opts: TrainOptions, run_dir: Path, res
         "best_epoch": result.best_epoch,
         "trainable_params": result.trainable_params,
     }
-    return TrainedModel(trained, trained.classifier, "penultimate"), result.history, timings
+    return TrainedModel(trained, trained.classifier, result.head_layout, "penultimate"), result.history, timings
 
 
 def _finish(run_dir: Path, dataset, train_set, model, history, timings, predictions, opts: TrainOptions, progress: bool) -> TrainResult:
