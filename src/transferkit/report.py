@@ -25,6 +25,33 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: Sequ
     }
 
 
+def accuracy_interval(correct: int, total: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of an accuracy measured on ``total`` images: honest at 0 or 100%
+    and on small test sets, where the normal approximation is not."""
+    from scipy.stats import binomtest
+
+    if total < 1:
+        return float("nan"), float("nan")
+    interval = binomtest(int(correct), int(total)).proportion_ci(confidence, method="wilson")
+    return float(interval.low), float(interval.high)
+
+
+def most_confused(confusion: Sequence[Sequence[int]], classes: Sequence[str], n: int = 10) -> list[dict]:
+    """The ``n`` largest off-diagonal cells: which true class is taken for which, how often,
+    and what share of the true class that is."""
+    counts = np.asarray(confusion, dtype=np.int64)
+    off = counts.copy()
+    np.fill_diagonal(off, 0)
+    order = np.argsort(-off, axis=None, kind="stable")[:n]
+    rows = []
+    for true, predicted in zip(*np.unravel_index(order, off.shape)):
+        if off[true, predicted] == 0:
+            break
+        rows.append({"true": classes[true], "predicted": classes[predicted], "count": int(off[true, predicted]),
+                     "share": float(off[true, predicted] / max(counts[true].sum(), 1))})  # fmt: skip
+    return rows
+
+
 def _pyplot():
     import matplotlib
 
