@@ -13,7 +13,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet $(TORCH_SPEC)
-	$(BIN)/pip install --quiet -e '.[test,demo,onnx]'
+	$(BIN)/pip install --quiet -e '.[test,demo,onnx,serve]'
 	touch $@
 
 install: $(VENV)/.installed
