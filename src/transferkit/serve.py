@@ -225,7 +225,7 @@ async def _read_uploads(request: Request, options: ServeOptions) -> list[tuple[s
     if content_type.split(";")[0].strip().lower() != "multipart/form-data":
         raise BadRequest(415, f"send the images as multipart/form-data, in fields named 'files' (got Content-Type {content_type or 'none'})")
     limit = options.max_upload_bytes
-    too_large = f"the upload is over the {limit / 2**20:g} MB limit a request; send fewer or smaller images (the server's --max-upload-mb sets it)"
+    too_large = f"the upload is over the {limit / 2**20:.3g} MB limit a request; send fewer or smaller images (the server's --max-upload-mb sets it)"
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise BadRequest(413, too_large)
