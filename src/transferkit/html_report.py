@@ -103,8 +103,9 @@ def write_html_report(
         body += ["<h2 id=plan>Plan chosen by <code>--strategy auto</code></h2>", _value(plan)]
     for split in splits:
         m = metrics[split]
+        skipped = f" {m['skipped']:,} image{'s' if m['skipped'] > 1 else ''} could not be read and {'are' if m['skipped'] > 1 else 'is'} left out." if m.get("skipped") else ""
         body += [f"<h2 id=per-class-{_e(split)}>Per class: {_e(split)} split</h2>",
-                 f"<p>accuracy {_accuracy_text(m['accuracy'], m['count'])}. Click a column to sort.</p>", _per_class_table(m, classes)]  # fmt: skip
+                 f"<p>accuracy {_accuracy_text(m['accuracy'], m['count'])}.{skipped} Click a column to sort.</p>", _per_class_table(m, classes)]  # fmt: skip
     matrix_split = shown if shown in metrics else (splits[-1] if splits else None)
     if matrix_split:
         body += _confusion_section(metrics[matrix_split]["confusion_matrix"], classes, matrix_split)
