@@ -1,5 +1,6 @@
 """`advise` (the four cases from measurements) and `compare` (the leaderboard, resumable)."""
 
+import importlib
 import json
 
 import numpy as np
@@ -66,7 +67,7 @@ def test_advise_cli_json(stripes, tmp_path):
 
 
 def test_strategy_auto_uses_the_advice(stripes, tmp_path, monkeypatch):
-    import transferkit.advise as advise_module
+    advise_module = importlib.import_module("transferkit.advise")  # the package exports the function of that name
 
     real = advise_module.advise
     monkeypatch.setattr(advise_module, "advise", lambda data, **kw: real(data, **{**kw, **FAST, "cache_dir": tmp_path}))

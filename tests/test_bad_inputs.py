@@ -247,7 +247,7 @@ CASES = [
     # train and advise
     case("train-unknown-strategy", ["train", "{data}", *T, "--strategy", "magic"], "unknown strategy 'magic'"),
     case("train-epochs-0", ["train", "{data}", *T, "--strategy", "finetune", "--epochs", "0"], "--epochs must be at least 1"),
-    case("train-finetune-int8", ["train", "{data}", *T, "--strategy", "finetune", "--quantize", "int8"], "--quantize applies to feature extraction"),
+    case("train-finetune-int8", ["train", "{data}", *T, "--strategy", "finetune", "--quantize", "int8"], "--strategy finetune does not use --quantize"),
     case("train-batch-size-0", ["train", "{data}", *T, "--batch-size", "0"], "--batch-size must be at least 1"),
     case("train-per-class-0", ["train", "{data}", *T, "--per-class", "0"], "--per-class must be at least 1"),
     case("train-image-size-negative", ["train", "{data}", "--model", "resnet18", "--no-pretrained", "--image-size", "-5", "--out", "{tmp}/never"], "too small"),

@@ -18,7 +18,7 @@ from torch import nn
 
 from transferkit.backbones import build_backbone
 from transferkit.errors import TransferkitError
-from transferkit.finetune import EpochSampler, FitConfig, Freezer, GroupOutputs, ImageClassifier, collate, fit, train_transform
+from transferkit.finetune import EpochSampler, FitConfig, GroupOutputs, ImageClassifier, collate, fit, train_transform
 
 COLOURS = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200]])
 
@@ -127,11 +127,24 @@ def test_finetune_last_group_only(tmp_path):
 
 
 def test_gradual_unfreezing_schedule():
-    freezer = Freezer(config(head_epochs=1, gradual=True, unfreeze=2))
-    assert [freezer.groups_for(epoch, 5) for epoch in range(5)] == [0, 1, 2, 2, 2]
-    freezer = Freezer(config(head_epochs=2, gradual=False, unfreeze="all"))
-    assert [freezer.groups_for(epoch, 5) for epoch in range(4)] == [0, 0, 5, 5]
-    assert Freezer(config(strategy="frozen")).groups_for(3, 5) == 0
+    schedule = config(head_epochs=1, gradual=True, unfreeze=2).schedule(5)
+    assert [schedule.groups_at(epoch) for epoch in range(5)] == [0, 1, 2, 2, 2]
+    assert [schedule.phase(epoch) for epoch in range(3)] == ["head", "finetune", "finetune"]
+    assert (schedule.trained_groups, schedule.first_trained_group, schedule.group_lr) == (2, 4, pytest.approx(1e-3))
+    schedule = config(head_epochs=2, gradual=False, unfreeze="all").schedule(5)
+    assert [schedule.groups_at(epoch) for epoch in range(4)] == [0, 0, 5, 5] and schedule.first_trained_group == 1
+    frozen = config(strategy="frozen").schedule(5)
+    assert (frozen.groups_at(3), frozen.first_trained_group, frozen.whole_body) == (0, 6, False)
+    scratch = config(strategy="scratch").schedule(5)
+    assert (scratch.groups_at(0), scratch.whole_body, scratch.group_lr) == (5, True, pytest.approx(1e-2))
+    assert config(unfreeze=7).schedule(5).check("lenet") == "lenet has 5 layer groups: unfreeze must be 1..5 or 'all', got 7"
+
+
+def test_learning_rate_is_a_cosine_over_all_steps():
+    schedule = config(epochs=4).schedule(5)
+    assert schedule.lr_factor(0, 0, 10) == 1.0
+    assert schedule.lr_factor(2, 0, 10) == pytest.approx(0.5)
+    assert schedule.lr_factor(3, 9, 10) == pytest.approx(0.5 * (1 + math.cos(math.pi * 39 / 40)))
 
 
 def test_gradual_unfreezing_adds_groups_over_epochs(tmp_path):

@@ -117,7 +117,7 @@ def test_flip_tta_averages_each_image_with_its_mirror():
     with torch.no_grad():
         expected = (backbone.features(x, "stage2") + backbone.features(x.flip(-1), "stage2")) / 2
         torch.testing.assert_close(backbone.features(x, "stage2", flip_tta=True), expected, atol=1e-5, rtol=1e-4)
-    with pytest.raises(TransferkitError, match="--flip-tta applies to heads on features"):
+    with pytest.raises(TransferkitError, match="--strategy finetune does not use --flip-tta: drop it; it is an option of --strategy linear | mlp | svm"):
         train("digits", None, strategy="finetune", flip_tta=True)
 
 
@@ -173,13 +173,17 @@ def test_train_json_prints_final_metrics(tmp_path, colours):
     "options, message",
     [
         ({"strategy": "boost"}, "unknown strategy"),
-        ({"epochs": 0}, "--epochs must be at least 1"),
+        ({"strategy": "frozen", "epochs": 0}, "--epochs must be at least 1"),
         ({"layer": "stage9"}, "unknown layer"),
-        ({"strategy": "finetune", "layer": "stage2"}, "--layer applies to heads"),
+        ({"strategy": "finetune", "layer": "stage2"}, "--strategy finetune does not use --layer"),
         ({"per_class": 0}, "--per-class"),
-        ({"strategy": "frozen", "quantize": "int8"}, "--quantize applies"),
-        ({"strategy": "finetune", "cache_frozen": True}, "--cache-frozen applies to --strategy finetune --unfreeze N"),
-        ({"strategy": "frozen", "cache_frozen": True}, "for a frozen backbone, --strategy linear"),
+        ({"strategy": "frozen", "quantize": "int8"}, "--strategy frozen does not use --quantize"),
+        ({"strategy": "finetune", "cache_frozen": True}, "--cache-frozen needs frozen layers: give --unfreeze N"),
+        ({"strategy": "frozen", "cache_frozen": True}, "--strategy frozen does not use --cache-frozen: drop it; it is an option of --strategy finetune$"),
+        ({"strategy": "linear", "epochs": 3}, "--strategy linear does not use --epochs: drop it; it is an option of --strategy finetune | frozen | mlp | scratch"),
+        ({"strategy": "scratch", "weights": "w.safetensors"}, "--strategy scratch does not use --weights"),
+        ({"strategy": "linear", "balance": "sampler"}, "use --balance weights"),
+        ({"weights": "w.safetensors", "pretrained": False}, "contradict"),
         ({"strategy": "finetune", "unfreeze": "1", "cache_frozen": True, "augment": "strong"}, "--augment light or none"),
         ({"strategy": "finetune", "unfreeze": "5", "cache_frozen": True}, "--unfreeze at most 4"),
     ],

@@ -1,8 +1,13 @@
-"""transferkit: transfer learning on images with pretrained networks."""
+"""transferkit: transfer learning on images with pretrained networks.
+
+The functions here are the CLI's commands, by the same names and options (see api.py).
+"""
 
 from transferkit.backbones import REGISTRY, Backbone, BackboneSpec, build_backbone, get_spec, list_models, load_backbone
 from transferkit.errors import ImageError, TransferkitError, WeightsNotFoundError
 from transferkit.asis import predict
+from transferkit.api import TrainResult, advise, classify, compare, evaluate, export, extract, load_run, train
+from transferkit.options import TrainOptions
 
 __version__ = "0.1.0"
 
@@ -11,11 +16,21 @@ __all__ = [
     "Backbone",
     "BackboneSpec",
     "ImageError",
+    "TrainOptions",
+    "TrainResult",
     "TransferkitError",
     "WeightsNotFoundError",
+    "advise",
     "build_backbone",
+    "classify",
+    "compare",
+    "evaluate",
+    "export",
+    "extract",
     "get_spec",
     "list_models",
     "load_backbone",
+    "load_run",
     "predict",
+    "train",
 ]

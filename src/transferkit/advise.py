@@ -109,6 +109,7 @@ def advise(
     *,
     model: str = DEFAULT_MODEL,
     pretrained: bool = True,
+    weights: str | None = None,
     sample_per_class: int = 50,
     max_sample: int = 1000,
     image_sizes: Sequence[int] | None = None,
@@ -120,7 +121,8 @@ def advise(
 ) -> Advice:
     """Measure ``data`` (a DATA string or Dataset) and recommend a strategy, layer and size.
 
-    ``image_sizes`` are the input sizes tried (default 64, 128 and the backbone's own);
+    ``weights`` is a weights file for ``model``, as in `train`; ``image_sizes`` are the input
+    sizes tried (default 64, 128 and the backbone's own);
     ``trust_pickle`` and ``allow_outside_root`` are as in :func:`transferkit.data.load_data`.
     """
     from transferkit.data import Dataset, load_data
@@ -133,7 +135,7 @@ def advise(
     counts = np.bincount(train.labels, minlength=len(dataset.classes))
     per_class = max(2, min(sample_per_class, max_sample // len(dataset.classes)))
     sample = train.per_class(per_class, seed=seed)
-    backbone = build_backbone(model, pretrained=pretrained)
+    backbone = build_backbone(model, pretrained=pretrained or weights is not None, weights=weights, trust_pickle=trust_pickle)
     spec = backbone.spec
     width, height = _image_sizes(sample.samples)
 
@@ -172,9 +174,11 @@ def advise(
         {"dropout": 0.5, "weight_decay": 1e-3, "augment": "strong", "patience": 3} if not large
         else {"dropout": 0.2, "weight_decay": 1e-4, "augment": "light", "patience": 3}
     )
-    options = {"model": model, "strategy": strategy, "layer": layer, "image_size": image_size}
+    options = {"model": model, "strategy": strategy, "image_size": image_size}
     if strategy == "finetune":
         options.update(regularisation, unfreeze="all" if case == "large-different" else "2", epochs=10)
+    else:
+        options["layer"] = layer
     flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in options.items())
     evidence = {
         "train_images": len(train),
@@ -191,5 +195,7 @@ def advise(
         reasons.append(f"classes are imbalanced ({evidence['imbalance']:.0f}:1): add --balance weights")
         options["balance"] = "weights"
         flags += " --balance weights"
+    if weights is not None:
+        flags += f" --weights {weights}"
     return Advice(dataset.name, model, case, strategy, layer, image_size, regularisation, evidence, reasons,
                   f"transferkit train {data if isinstance(data, str) else dataset.name} {flags}", options)  # fmt: skip

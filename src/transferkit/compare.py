@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from transferkit.errors import TransferkitError
-from transferkit.train import END_TO_END_STRATEGIES, FEATURE_STRATEGIES, STRATEGIES
+from transferkit.options import END_TO_END_STRATEGIES, FEATURE_STRATEGIES, STRATEGIES, check_names, flag
 
 COLUMNS = ("model", "strategy", "layer", "status", "val_acc", "test_acc", "extract_seconds", "train_seconds", "params", "train_images", "reason")
 
@@ -30,6 +30,12 @@ class Cell:
     @property
     def name(self) -> str:
         return f"{self.model}-{self.strategy}-{self.layer}"
+
+    def train_options(self, shared: dict) -> dict:
+        """This cell's training options: the shared ones its strategy uses, then its own."""
+        uses = STRATEGIES[self.strategy].options
+        layer = {"layer": self.layer} if "layer" in uses else {}
+        return {**{k: v for k, v in shared.items() if k in uses}, "model": self.model, "strategy": self.strategy, **layer, **dict(self.options)}
 
 
 def grid(models: Sequence[str], strategies: Sequence[str], layers: Sequence[str] = ("penultimate",)) -> list[Cell]:
@@ -51,15 +57,24 @@ def grid(models: Sequence[str], strategies: Sequence[str], layers: Sequence[str]
 
 
 def compare(data, cells: Sequence[Cell], out: str | Path, *, progress: bool = True, echo=print, **options) -> list[dict]:
-    """Run ``cells`` on ``data`` and write leaderboard.{csv,md,png} in ``out``; returns the rows."""
+    """Run ``cells`` on ``data`` and write leaderboard.{csv,md,png} in ``out``; returns the rows.
+
+    ``options`` are training options for every cell whose strategy uses them (``epochs`` reaches
+    the end-to-end cells, not the heads); one that no cell uses is refused.
+    """
     from transferkit.data import Dataset, load_data
     from transferkit.train import train
 
+    check_names(options)
+    options = {k: v for k, v in options.items() if v is not None}
+    unused = [name for name in options if not any(name in STRATEGIES[cell.strategy].options for cell in cells)]
+    if unused:
+        raise TransferkitError(f"no cell's strategy uses {', '.join(flag(n) for n in unused)}: drop it, or add a strategy that uses it")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     dataset = data if isinstance(data, Dataset) else load_data(
         str(data), trust_pickle=options.get("trust_pickle", False), seed=options.get("seed", 0),
-        allow_outside_root=options.get("allow_outside_root", False),
+        val_fraction=options.get("val_fraction", 0.2), allow_outside_root=options.get("allow_outside_root", False),
     )
     rows = []
     for i, cell in enumerate(cells, 1):
@@ -73,7 +88,7 @@ def compare(data, cells: Sequence[Cell], out: str | Path, *, progress: bool = Tr
         echo(f"[{i}/{len(cells)}] {cell.name}")
         resume = (cell_dir / "checkpoints" / "last.ckpt").is_file()
         try:
-            result = train(dataset, cell_dir, resume=resume, progress=progress, model=cell.model, strategy=cell.strategy, layer=cell.layer, **{**options, **dict(cell.options)})
+            result = train(dataset, cell_dir, resume=resume, progress=progress, **cell.train_options(options))
         except TransferkitError as err:
             rows.append(_row(cell, "failed", {}, reason=str(err)))
             echo(f"  failed: {err}")

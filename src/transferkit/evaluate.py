@@ -6,7 +6,7 @@ import numpy as np
 
 from transferkit.errors import TransferkitError
 from transferkit.report import classification_metrics
-from transferkit.runs import load_run
+from transferkit.runs import Run, load_run
 
 
 def evaluate_run(run_dir, data, *, split: str | None = None, trust_pickle: bool = False, batch_size: int = 32,
@@ -17,7 +17,7 @@ def evaluate_run(run_dir, data, *, split: str | None = None, trust_pickle: bool 
     """
     from transferkit.data import Dataset, load_data
 
-    run = load_run(run_dir)
+    run = run_dir if isinstance(run_dir, Run) else load_run(run_dir)
     dataset = data if isinstance(data, Dataset) else load_data(str(data), trust_pickle=trust_pickle, allow_outside_root=allow_outside_root)
     if not isinstance(dataset, Dataset):
         raise TransferkitError(f"{data} holds features, not images; a run evaluates images")

@@ -15,6 +15,7 @@ import logging
 import shutil
 import time
 import warnings
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -33,6 +34,9 @@ from torchvision.transforms import InterpolationMode, v2
 from transferkit.backbones import Backbone, BackboneSpec
 from transferkit.errors import TransferkitError
 from transferkit.heads import head_module
+from transferkit.options import FIELDS as OPTION_FIELDS
+from transferkit.options import STRATEGIES as STRATEGY_OPTIONS
+from transferkit.schedule import FreezeSchedule
 from transferkit.loader import DecodedImages, ImageSource, default_workers
 
 STRATEGIES = ("frozen", "finetune", "scratch")
@@ -47,31 +51,50 @@ QUIET = (  # Lightning advice that does not apply here
 )
 
 
+def _default(name: str, strategy: str = "finetune"):
+    """An option's default as `transferkit train` declares it (options.py): declared once."""
+    return STRATEGY_OPTIONS[strategy].defaults.get(name, OPTION_FIELDS[name].default)
+
+
 @dataclass
 class FitConfig:
+    """The training loop's settings: the end-to-end options of options.TrainOptions (same names,
+    meanings and defaults; :meth:`of` copies them), plus where the inputs come from."""
+
     strategy: str = "finetune"  # "frozen" | "finetune" | "scratch"
-    epochs: int = 10
-    lr: float = 1e-3  # head learning rate (AdamW)
-    batch_size: int = 32
-    weight_decay: float = 1e-4
-    dropout: float = 0.2  # before the new linear head
-    label_smoothing: float = 0.0
-    augment: str = "light"  # "none" | "light" | "strong"
-    patience: int | None = None  # early stopping on val accuracy
-    unfreeze: int | str = "all"  # finetune: layer groups trained after the head phase, from the output end
-    backbone_lr_mult: float = 0.1  # unfrozen backbone groups train at lr * this
-    head_epochs: int = 1  # finetune: epochs with the backbone frozen
-    gradual: bool = False  # finetune: one more group per epoch after head_epochs, up to `unfreeze`
-    image_size: int | None = None  # None: the spec's input size
-    balance: str | None = None  # None | "weights" (class-weighted loss) | "sampler" (balanced draws)
-    seed: int = 0
-    devices: int | str = "auto"  # "auto": one device; several (DDP relaunches the script) only when asked
+    epochs: int = _default("epochs")
+    lr: float = _default("lr")  # the head's peak learning rate (AdamW)
+    batch_size: int = _default("batch_size")
+    weight_decay: float = _default("weight_decay")
+    dropout: float = _default("dropout")  # before the new linear head
+    label_smoothing: float = _default("label_smoothing")
+    augment: str = _default("augment")  # "none" | "light" | "strong"
+    patience: int | None = _default("patience")  # early stopping on val accuracy
+    unfreeze: int | str = _default("unfreeze")  # finetune: layer groups trained after the head phase, from the output end
+    backbone_lr_mult: float = _default("backbone_lr_mult")  # unfrozen backbone groups train at lr * this
+    head_epochs: int = _default("head_epochs")  # finetune: epochs with the backbone frozen
+    gradual: bool = _default("gradual")  # finetune: one more group per epoch after head_epochs, up to `unfreeze`
+    image_size: int | None = _default("image_size")  # None: the spec's input size
+    balance: str | None = _default("balance")  # None | "weights" (class-weighted loss) | "sampler" (balanced draws)
+    seed: int = _default("seed")
+    devices: int | str = _default("devices")  # "auto": one device; several (DDP relaunches the script) only when asked
     accelerator: str = "auto"
-    precision: str = "auto"  # "auto": see resolve_precision
-    num_workers: int | None = None  # None: loader.default_workers
-    num_nodes: int = 1  # machines, each running `devices` processes (Lightning's DDP)
-    distributed: str = "auto"  # Lightning's strategy: "auto" or "ddp" (gloo on CPUs, NCCL on GPUs)
+    precision: str = _default("precision")  # "auto": see resolve_precision
+    num_workers: int | None = _default("num_workers")  # None: loader.default_workers
+    num_nodes: int = _default("num_nodes")  # machines, each running `devices` processes (Lightning's DDP)
+    distributed: str = _default("distributed")  # Lightning's strategy: "auto" or "ddp" (gloo on CPUs, NCCL on GPUs)
     from_group: int | None = None  # train on cached outputs of this layer group, not on images: see fit
+
+    @classmethod
+    def of(cls, options, **extra) -> "FitConfig":
+        """The loop's settings from a run's options (options.TrainOptions), field by name."""
+        shared = {f.name: getattr(options, f.name) for f in dataclasses.fields(cls) if f.name in OPTION_FIELDS}
+        shared["devices"] = int(shared["devices"]) if str(shared["devices"]).isdigit() else shared["devices"]
+        shared["unfreeze"] = shared["unfreeze"] if shared["unfreeze"] == "all" else int(shared["unfreeze"])
+        return cls(**{**shared, **extra})
+
+    def schedule(self, n_groups: int) -> FreezeSchedule:
+        return FreezeSchedule.of(self, n_groups)
 
 
 @dataclass
@@ -176,13 +199,6 @@ class EpochSampler(Sampler[int]):
         return iter(WeightedRandomSampler(self.weights, self.n, generator=generator))
 
 
-def phase(config: FitConfig, epoch: int) -> str:
-    """What trains in ``epoch`` (0-based): "frozen", "scratch", or "head" then "finetune"."""
-    if config.strategy != "finetune":
-        return config.strategy
-    return "head" if epoch < config.head_epochs else "finetune"
-
-
 class ImageClassifier(L.LightningModule):
     """A Backbone with cross-entropy, accuracy and AdamW on a cosine schedule; :class:`Freezer`
     decides what trains."""
@@ -190,6 +206,7 @@ class ImageClassifier(L.LightningModule):
     def __init__(self, backbone: Backbone, config: FitConfig, class_weights: torch.Tensor | None = None):
         super().__init__()
         self.backbone, self.config = backbone, config
+        self.schedule = config.schedule(len(backbone.spec.layer_groups))
         self.register_buffer("class_weights", class_weights, persistent=False)
         self.train_acc = MulticlassAccuracy(backbone.num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(backbone.num_classes, average="micro")
@@ -253,12 +270,10 @@ class ImageClassifier(L.LightningModule):
         self._step(batch, "val")
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
-        # Cosine decay of every group's learning rate over the steps of all epochs (to near zero at
-        # the last, which a short run needs), set from (epoch, batch index) alone: a resumed run and
+        # Every group's learning rate from the schedule at (epoch, batch index) alone: a resumed run and
         # a group unfrozen mid-training (by Freezer, at the epoch's start) follow the schedule of an
         # uninterrupted run.  Each group keeps its peak in "peak_lr".
-        done = (self.current_epoch + batch_idx / max(1, self.trainer.num_training_batches)) / self.config.epochs
-        factor = 0.5 * (1 + math.cos(math.pi * done))
+        factor = self.schedule.lr_factor(self.current_epoch, batch_idx, self.trainer.num_training_batches)
         for group in self.trainer.optimizers[0].param_groups:
             group["lr"] = group.setdefault("peak_lr", group["lr"]) * factor
 
@@ -268,7 +283,7 @@ class ImageClassifier(L.LightningModule):
         self.log("lr", lr)
         metrics = self.trainer.callback_metrics
         row = {k: float(metrics[k]) if k in metrics else None for k in METRICS}
-        self.history.append({"epoch": self.current_epoch + 1, "phase": phase(self.config, self.current_epoch), **row, "lr": lr})
+        self.history.append({"epoch": self.current_epoch + 1, "phase": self.schedule.phase(self.current_epoch), **row, "lr": lr})
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
@@ -284,9 +299,11 @@ class ImageClassifier(L.LightningModule):
             torch.cuda.set_rng_state_all(state["cuda_rng"])
 
     def configure_optimizers(self):
-        groups = [{"params": list(self.backbone.classifier.parameters()), "lr": self.config.lr}]
-        if self.config.strategy == "scratch":
-            groups.append({"params": list(self.backbone.body.parameters()), "lr": self.config.lr})
+        # The head, and from the first step whatever trains from it (scratch: the whole body); Freezer
+        # adds fine-tuned groups as they unfreeze.
+        groups = [{"params": list(self.backbone.classifier.parameters()), "lr": self.schedule.lr}]
+        if self.schedule.whole_body:
+            groups.append({"params": list(self.backbone.body.parameters()), "lr": self.schedule.group_lr})
         return torch.optim.AdamW(groups, weight_decay=self.config.weight_decay)
 
 
@@ -298,29 +315,24 @@ class Freezer(BaseFinetuning):
     optimizer state is loaded; ``unfrozen`` (saved too) re-opens those groups' gradients.
     """
 
-    def __init__(self, config: FitConfig):
+    def __init__(self, schedule: FreezeSchedule):
         super().__init__()
-        self.config = config
+        self.schedule = schedule
         self.unfrozen = 0  # layer groups training so far, counted from the output end
-
-    def groups_for(self, epoch: int, n_groups: int) -> int:
-        c = self.config
-        if c.strategy != "finetune" or epoch < c.head_epochs:
-            return 0
-        wanted = n_groups if c.unfreeze == "all" else int(c.unfreeze)
-        return min(wanted, epoch - c.head_epochs + 1) if c.gradual else wanted
 
     def freeze_before_training(self, pl_module: ImageClassifier) -> None:
         # Not BaseFinetuning.freeze: with train_bn=False it sets track_running_stats=False, which in
         # training mode normalises with batch statistics; frozen layers are put in eval mode instead.
-        if self.config.strategy != "scratch":
+        if not self.schedule.whole_body:
             pl_module.backbone.body.requires_grad_(False)
 
     def finetune_function(self, pl_module: ImageClassifier, epoch: int, optimizer) -> None:
+        if self.schedule.whole_body:
+            return  # in the optimizer from the start
         groups = pl_module.backbone.layer_groups()
-        while self.unfrozen < self.groups_for(epoch, len(groups)):
+        while self.unfrozen < self.schedule.groups_at(epoch):
             self.unfrozen += 1
-            self.add_group(groups[-self.unfrozen], optimizer, self.config.lr * self.config.backbone_lr_mult)
+            self.add_group(groups[-self.unfrozen], optimizer, self.schedule.group_lr)
 
     def add_group(self, modules, optimizer, lr: float) -> None:
         # unfreeze_and_add_param_group without its filter_on_optimizer, which matches parameters by value
@@ -361,25 +373,25 @@ def _labels(split: tuple[Sequence, Sequence[int]], num_classes: int, name: str) 
     return labels
 
 
-def _check(c: FitConfig, backbone: Backbone) -> None:
-    n = len(backbone.layer_groups())
+def _check(c: FitConfig, schedule: FreezeSchedule, name: str) -> None:
+    """The options' own checks (as `transferkit train` makes them), then the ones that need the network."""
+    from transferkit.options import check_value
+
+    if c.strategy not in STRATEGIES:
+        raise TransferkitError(f"strategy must be one of {', '.join(STRATEGIES)}, got {c.strategy!r}")
+    for f in dataclasses.fields(c):
+        if f.name in OPTION_FIELDS and f.name != "unfreeze":
+            check_value(f.name, getattr(c, f.name))
+    last_frozen = schedule.first_trained_group - 1
     for failed, message in (
-        (c.strategy not in STRATEGIES, f"strategy must be one of {', '.join(STRATEGIES)}, got {c.strategy!r}"),
-        (c.balance not in (None, "weights", "sampler"), f"balance must be weights or sampler, got {c.balance!r}"),
-        (c.epochs < 1 or c.batch_size < 1 or c.head_epochs < 0 or (c.patience or 0) < 0, "epochs and batch_size must be positive, head_epochs and patience not negative"),
-        (c.unfreeze != "all" and not (isinstance(c.unfreeze, int) and 1 <= c.unfreeze <= n), f"{backbone.spec.name} has {n} layer groups: unfreeze must be 1..{n} or 'all', got {c.unfreeze!r}"),
-        (c.from_group is not None and not 1 <= c.from_group <= n - _trained_groups(c, n),
-         f"training on cached outputs of layer group {c.from_group} (of 1..{n}) needs groups 1..{c.from_group} frozen: "
-         + ("strategy frozen" if c.from_group == n else f"strategy frozen, or finetune with unfreeze at most {n - (c.from_group or 0)}")),
+        (schedule.check(name) is not None, schedule.check(name)),
+        (c.from_group is not None and not 1 <= c.from_group <= last_frozen,
+         f"training on cached outputs of layer group {c.from_group} (of 1..{schedule.n_groups}) needs groups 1..{c.from_group} frozen: "
+         + ("strategy frozen" if c.from_group == schedule.n_groups else f"strategy frozen, or finetune with unfreeze at most {schedule.n_groups - (c.from_group or 0)}")),
         (c.from_group is not None and c.augment == "strong", "augment strong needs images: cached layer outputs take light (mirroring) or none"),
     ):  # fmt: skip
         if failed:
             raise TransferkitError(message)
-
-
-def _trained_groups(c: FitConfig, n_groups: int) -> int:
-    """How many layer groups, from the output end, the strategy ever trains."""
-    return {"frozen": 0, "finetune": n_groups if c.unfreeze == "all" else int(c.unfreeze)}.get(c.strategy, n_groups)
 
 
 def on_gpu(config: FitConfig) -> bool:
@@ -473,7 +485,8 @@ def fit(
     started, run_dir = time.perf_counter(), Path(run_dir)
     checkpoints, log_file = run_dir / "checkpoints", run_dir / "logs" / "metrics.csv"
     last = checkpoints / "last.ckpt"
-    _check(config, backbone)
+    schedule = config.schedule(len(backbone.layer_groups()))
+    _check(config, schedule, backbone.spec.name)
     image_size = backbone.spec.check_image_size(config.image_size)
     train_labels, val_labels = _labels(train, num_classes, "train"), _labels(val, num_classes, "val")
     if resume and not last.is_file():
@@ -506,7 +519,7 @@ def fit(
     # Both saved at the end of each training epoch, after validation, so each holds its epoch's history row;
     # last.ckpt has a callback of its own since Lightning 2.6's save_last refreshes it only when best.ckpt improves.
     best = ModelCheckpoint(checkpoints, "best", monitor="val_acc", mode="max", save_on_train_epoch_end=True, enable_version_counter=False)
-    callbacks = [Freezer(config), best, ModelCheckpoint(checkpoints, "last", save_on_train_epoch_end=True, enable_version_counter=False)]
+    callbacks = [Freezer(schedule), best, ModelCheckpoint(checkpoints, "last", save_on_train_epoch_end=True, enable_version_counter=False)]
     if progress:  # on stderr, so that stdout stays clean for --json
         from lightning.pytorch.callbacks import RichProgressBar
 

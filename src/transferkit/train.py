@@ -7,8 +7,9 @@ Lightning's Trainer (see finetune.py).  Every run writes the same artifacts (see
 
 from __future__ import annotations
 
-import dataclasses
+import json
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,89 +17,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from transferkit.backbones import DEFAULT_MODEL, build_backbone, get_spec
+from transferkit.backbones import build_backbone
 from transferkit.errors import TransferkitError
+from transferkit.options import END_TO_END_STRATEGIES, FEATURE_STRATEGIES, STRATEGIES, TrainOptions, flag, from_config, resolve, used
 
-FEATURE_STRATEGIES = ("linear", "svm", "mlp")
-END_TO_END_STRATEGIES = ("frozen", "finetune", "scratch")
-STRATEGIES = FEATURE_STRATEGIES + END_TO_END_STRATEGIES + ("auto",)
-
-
-@dataclass
-class TrainOptions:
-    """Everything `transferkit train` takes; the resolved copy is saved as config.json."""
-
-    model: str = DEFAULT_MODEL
-    strategy: str = "linear"
-    layer: str = "penultimate"
-    flip_tta: bool = False
-    quantize: str | None = None
-    kernel: str = "linear"
-    image_size: int | None = None
-    batch_size: int = 32
-    epochs: int = 10
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    dropout: float | None = None  # None: each head's own default (0.2 end to end, 0.5 in the MLP head)
-    label_smoothing: float = 0.0
-    augment: str = "light"
-    patience: int | None = None
-    balance: str | None = None
-    unfreeze: str = "all"
-    backbone_lr_mult: float = 0.1
-    head_epochs: int = 1
-    gradual: bool = False
-    cache_frozen: bool = False  # finetune --unfreeze N: run the frozen layer groups once, train on their cached output
-    per_class: int | None = None
-    seed: int = 0
-    val_fraction: float = 0.2
-    pretrained: bool = True
-    weights: str | None = None
-    trust_pickle: bool = False
-    allow_outside_root: bool = False
-    cache_dir: str | None = None
-    engine: str = "auto"
-    devices: str = "auto"
-    num_nodes: int = 1
-    distributed: str = "auto"
-    precision: str = "auto"
-    num_workers: int | None = None
-
-    def check(self) -> None:
-        """Refuse impossible settings with one line each, before any work starts."""
-        if self.strategy not in STRATEGIES:
-            raise TransferkitError(f"unknown strategy {self.strategy!r}: use one of {', '.join(STRATEGIES)}")
-        for name in ("batch_size", "epochs"):
-            if getattr(self, name) < 1:
-                raise TransferkitError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.lr < 0 or self.weight_decay < 0 or not 0 <= (self.dropout or 0) < 1 or not 0 <= self.label_smoothing < 1:
-            raise TransferkitError("--lr and --weight-decay must be >= 0; --dropout and --label-smoothing in [0, 1)")
-        if self.per_class is not None and self.per_class < 1:
-            raise TransferkitError(f"--per-class must be at least 1, got {self.per_class}")
-        if not 0 < self.val_fraction < 1:
-            raise TransferkitError(f"--val-fraction must be between 0 and 1, got {self.val_fraction}")
-        if self.augment not in ("none", "light", "strong"):
-            raise TransferkitError(f"--augment must be none, light or strong, got {self.augment!r}")
-        if self.balance not in (None, "weights", "sampler"):
-            raise TransferkitError(f"--balance must be weights or sampler, got {self.balance!r}")
-        if self.kernel not in ("linear", "rbf"):
-            raise TransferkitError(f"--kernel must be linear or rbf, got {self.kernel!r}")
-        if self.unfreeze != "all" and not (str(self.unfreeze).isdigit() and int(self.unfreeze) >= 0):
-            raise TransferkitError(f"--unfreeze must be a number of layer groups or 'all', got {self.unfreeze!r}")
-        if self.layer != "penultimate" and self.strategy in END_TO_END_STRATEGIES:
-            raise TransferkitError(f"--layer applies to heads on features ({', '.join(FEATURE_STRATEGIES)}), not to {self.strategy}")
-        if self.flip_tta and self.strategy in END_TO_END_STRATEGIES:
-            raise TransferkitError(f"--flip-tta applies to heads on features ({', '.join(FEATURE_STRATEGIES)}), not to {self.strategy}")
-        if self.cache_frozen and not (self.strategy == "finetune" and self.unfreeze != "all"):
-            raise TransferkitError("--cache-frozen applies to --strategy finetune --unfreeze N (for a frozen backbone, "
-                                   f"--strategy {'|'.join(FEATURE_STRATEGIES)} train a head on its cached features)")
-        n_groups = len(get_spec(self.model).layer_groups) if self.cache_frozen else 0
-        if self.cache_frozen and int(self.unfreeze) >= n_groups:
-            raise TransferkitError(f"--cache-frozen needs a frozen layer group: {self.model} has {n_groups}, so --unfreeze at most {n_groups - 1}")
-        if self.cache_frozen and self.augment == "strong":
-            raise TransferkitError("--cache-frozen augments the cached feature maps (mirroring, with --augment light): use --augment light or none")
-        if self.quantize is not None and self.strategy in END_TO_END_STRATEGIES:
-            raise TransferkitError(f"--quantize applies to feature extraction ({', '.join(FEATURE_STRATEGIES)}), not to {self.strategy}")
+__all__ = ["END_TO_END_STRATEGIES", "FEATURE_STRATEGIES", "STRATEGIES", "TrainOptions", "TrainResult", "train"]
 
 
 class _NotRankZero(Exception):
@@ -115,19 +38,17 @@ class TrainResult:
 def train(data, out: str | Path | None = None, *, resume: bool = False, progress: bool = True, **options) -> TrainResult:
     """Train a classifier on ``data`` (a DATA string or a loaded Dataset) and save the run.
 
-    ``options`` are the fields of :class:`TrainOptions`.  ``out`` is the run folder
-    (default ``runs/<data>-<model>-<strategy>``); ``resume`` continues an interrupted
-    end-to-end run from its last checkpoint.
+    ``options`` are those of `transferkit train`, by the names of :class:`options.TrainOptions`;
+    an option the chosen strategy does not use is refused.  ``out`` is the run folder (default
+    ``runs/<data>-<model>-<strategy>``); ``resume`` continues an interrupted end-to-end run from
+    its last checkpoint, with the options it recorded.
     """
     from transferkit.data import Dataset, load_data
 
-    unknown = set(options) - {f.name for f in dataclasses.fields(TrainOptions)}
-    if unknown:
-        raise TypeError(f"unknown training options: {', '.join(sorted(unknown))}")
-    opts = TrainOptions(**options)
     if resume and out is not None and (Path(out) / "config.json").is_file():
-        opts = _resumed_options(Path(out), opts)
-    opts.check()
+        opts = _resumed_options(Path(out), options)
+    else:
+        opts = resolve(options)
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         raise TransferkitError(f"--out {out} is a file: a run is a folder; choose another --out")
     dataset = data if isinstance(data, Dataset) else load_data(
@@ -137,12 +58,7 @@ def train(data, out: str | Path | None = None, *, resume: bool = False, progress
     if not isinstance(dataset, Dataset):
         return _train_on_bottleneck_features(dataset, opts, out)
     if opts.strategy == "auto":
-        from transferkit.advise import advise
-
-        advice = advise(dataset, model=opts.model, cache_dir=opts.cache_dir, progress=progress)
-        opts = dataclasses.replace(opts, **advice.train_options)
-    if opts.dropout is None:  # config.json records the value used
-        opts = dataclasses.replace(opts, dropout=_default_dropout(opts.strategy))
+        opts = _advised_options(dataset, options, opts, progress)
     train_set = dataset.train.per_class(opts.per_class, seed=opts.seed) if opts.per_class else dataset.train
     missing = set(range(len(dataset.classes))) - set(np.unique(train_set.labels).tolist())
     if missing:
@@ -153,46 +69,60 @@ def train(data, out: str | Path | None = None, *, resume: bool = False, progress
     run_dir.mkdir(parents=True, exist_ok=True)
     from transferkit.runs import write_json
 
-    write_json(run_dir / "config.json", {"data": dataset.name, "classes": dataset.classes, **dataclasses.asdict(opts)})
+    write_json(run_dir / "config.json", {"data": dataset.name, "classes": dataset.classes, **used(opts)})
     if opts.strategy in FEATURE_STRATEGIES:
-        model, history, timings, predictions = _train_head(dataset, train_set, opts, progress)
+        model, history, timings, scored = _train_head(dataset, train_set, opts, progress)
     else:
         try:
             model, history, timings = _train_end_to_end(dataset, train_set, opts, run_dir, resume, progress)
         except _NotRankZero:  # DDP: rank 0 evaluates and writes the run; the other processes are done
             return TrainResult(run_dir, {"summary": {}}, None)
-        predictions = {}
-    return _finish(run_dir, dataset, train_set, model, history, timings, predictions, opts, progress)
+        scored = {}
+    return _finish(run_dir, dataset, train_set, model, history, timings, scored, opts, progress)
 
 
-def _head_params(opts: TrainOptions) -> dict:
-    """The options a head on features takes from `train`: the MLP's dropout, when given."""
-    return {"dropout": opts.dropout} if opts.strategy == "mlp" and opts.dropout is not None else {}
+def _advised_options(dataset, given: dict, opts: TrainOptions, progress: bool) -> TrainOptions:
+    """``auto``: the advice's strategy and settings for what the user left unset; the user's own stay."""
+    from transferkit.advise import advise
+
+    advice = advise(dataset, model=opts.model, weights=opts.weights, pretrained=opts.pretrained, trust_pickle=opts.trust_pickle,
+                    cache_dir=opts.cache_dir, seed=opts.seed, progress=progress)  # fmt: skip
+    chosen = {**advice.train_options, **{k: v for k, v in given.items() if k != "strategy"}}
+    return resolve(chosen, chosen_by="--strategy auto", warn=lambda line: warnings.warn(line, stacklevel=3))
 
 
-def _default_dropout(strategy: str) -> float | None:
-    """The dropout a strategy uses unless told otherwise; None for heads without dropout."""
-    from transferkit.finetune import FitConfig
-    from transferkit.heads import MLPHead
+def _head(opts: TrainOptions):
+    """The scikit-learn head the options describe."""
+    from transferkit.heads import make_head
 
-    if strategy in END_TO_END_STRATEGIES:
-        return FitConfig.dropout
-    return MLPHead().dropout if strategy == "mlp" else None
+    params = {"class_weight": "balanced" if opts.balance == "weights" else None}
+    if opts.strategy == "mlp":
+        params.update(dropout=opts.dropout, lr=opts.lr, epochs=opts.epochs, weight_decay=opts.weight_decay)
+    return make_head(opts.strategy, kernel=opts.kernel, seed=opts.seed, **params)
 
 
-def _resumed_options(run_dir: Path, given: TrainOptions) -> TrainOptions:
-    import json
+def _resumed_options(run_dir: Path, given: dict) -> TrainOptions:
+    """The options the interrupted run recorded; a given option that differs from them is refused."""
+    recorded = from_config(json.loads((run_dir / "config.json").read_text()))
+    differing = [f"{flag(k)} {v!r} (the run has {getattr(recorded, k)!r})" for k, v in given.items()
+                 if hasattr(recorded, k) and _same_type(getattr(recorded, k), v) != getattr(recorded, k)]  # fmt: skip
+    if differing:
+        raise TransferkitError(f"--resume continues {run_dir} with the options in its config.json, but " + ", ".join(differing)
+                               + ": drop them, or train a new run in another --out")  # fmt: skip
+    return recorded
 
-    saved = json.loads((run_dir / "config.json").read_text())
-    return TrainOptions(**{f.name: saved.get(f.name, getattr(given, f.name)) for f in dataclasses.fields(TrainOptions)})
+
+def _same_type(recorded: Any, value: Any) -> Any:
+    return str(value) if isinstance(recorded, str) and value is not None and not isinstance(value, str) else value
 
 
 def _backbone(opts: TrainOptions):
     from transferkit.backbones import get_spec
 
-    # Baselines without pretrained weights (lenet, pixels) are always built at random.
-    pretrained = opts.pretrained and opts.strategy != "scratch" and get_spec(opts.model).has_pretrained
-    return build_backbone(opts.model, pretrained=pretrained, weights=opts.weights if pretrained else None, trust_pickle=opts.trust_pickle, seed=opts.seed)
+    # A --weights file is always loaded (or refused); baselines without pretrained weights (lenet,
+    # pixels) are otherwise built at random, and scratch always is (its options refuse --weights).
+    pretrained = opts.weights is not None or (opts.pretrained and get_spec(opts.model).has_pretrained)
+    return build_backbone(opts.model, pretrained=pretrained, weights=opts.weights, trust_pickle=opts.trust_pickle, seed=opts.seed)
 
 
 def _extract(backbone, images, opts: TrainOptions, split: str, dataset_name: str, progress: bool, train_set):
@@ -209,7 +139,6 @@ def _extract(backbone, images, opts: TrainOptions, split: str, dataset_name: str
 
 def _train_head(dataset, train_set, opts: TrainOptions, progress: bool):
     """Extract (or reuse) features, fit the scikit-learn head, fold it into the network."""
-    from transferkit.heads import make_head
     from transferkit.runs import TrainedModel
 
     backbone = _backbone(opts)
@@ -217,7 +146,7 @@ def _train_head(dataset, train_set, opts: TrainOptions, progress: bool):
     train_features = _extract(backbone, train_set, opts, "train", dataset.name, progress, train_set)
     extract_seconds = time.perf_counter() - started
     X, y = train_features.usable()
-    head = make_head(opts.strategy, kernel=opts.kernel, seed=opts.seed, **_head_params(opts))
+    head = _head(opts)
     started = time.perf_counter()
     head.fit(X, y)
     train_seconds = time.perf_counter() - started
@@ -225,16 +154,16 @@ def _train_head(dataset, train_set, opts: TrainOptions, progress: bool):
     # is the float32 network, so an int8 run is scored on float32 features too: the accuracy it
     # records is the one the loaded run reproduces.
     module = head.to_module()
-    predictions = {}
-    evaluated = {}
-    scored_as_saved = dataclasses.replace(opts, quantize=None)
+    scored, evaluated = {}, {}
+    scored_as_saved = opts.replace(quantize=None)
     for split in ("val", "test"):
         images = dataset.splits.get(split)
         if images is not None and len(images):
-            evaluated[split] = _extract(backbone, images, scored_as_saved, split, dataset.name, progress, train_set).usable()
+            features = _extract(backbone, images, scored_as_saved, split, dataset.name, progress, train_set)
+            evaluated[split] = features.usable()
             with torch.inference_mode():
-                scores = module(torch.as_tensor(np.asarray(evaluated[split][0])))
-            predictions[split] = (evaluated[split][1], scores.argmax(1).numpy())
+                probs = module(torch.as_tensor(np.asarray(evaluated[split][0]))).softmax(1).numpy()
+            scored[split] = ([images.samples[i] for i in np.flatnonzero(features.ok)], evaluated[split][1], probs)
     history = _head_learning_curve(head, X, y, evaluated.get("val"), opts)
     timings = {
         "extract_seconds": extract_seconds,
@@ -244,7 +173,7 @@ def _train_head(dataset, train_set, opts: TrainOptions, progress: bool):
         "chosen_C": getattr(head, "C_", None),
         "chosen_scaling": getattr(head, "scaling_", None),
     }
-    return TrainedModel(backbone, module, head.layout_, opts.layer, opts.flip_tta), history, timings, predictions
+    return TrainedModel(backbone, module, head.layout_, opts.layer, opts.flip_tta), history, timings, scored
 
 
 def _head_learning_curve(head, X, y, val, opts) -> list[dict]:
@@ -276,26 +205,20 @@ def _stratified_rows(y: np.ndarray, share: float, seed: int) -> np.ndarray:
 def _train_end_to_end(dataset, train_set, opts: TrainOptions, run_dir: Path, resume: bool, progress: bool):
     from transferkit.finetune import FitConfig, fit
     from transferkit.runs import TrainedModel
+    from transferkit.schedule import FreezeSchedule
 
     backbone = _backbone(opts)
     inputs = {"train": (train_set.samples, train_set.labels), "val": (dataset.val.samples, dataset.val.labels)}
     extract_seconds, from_group, cached, skipped = 0.0, None, None, None
-    if opts.cache_frozen:  # the frozen groups run once, here, through the feature cache
-        from_group = len(backbone.spec.layer_groups) - int(opts.unfreeze)
+    if opts.cache_frozen:  # the groups that never train run once, here, through the feature cache
+        from_group = FreezeSchedule.of(opts, len(backbone.spec.layer_groups)).first_trained_group - 1
         started = time.perf_counter()
-        as_group = dataclasses.replace(opts, layer=f"group{from_group}", flip_tta=False, quantize=None)
+        as_group = opts.replace(layer=f"group{from_group}", flip_tta=False, quantize=None)
         outputs = {split: _extract(backbone, images, as_group, split, dataset.name, progress, train_set) for split, images in (("train", train_set), ("val", dataset.val))}
         inputs = {split: entry.usable_rows() for split, entry in outputs.items()}
         cached, skipped = all(entry.hit for entry in outputs.values()), len(outputs["train"].failures)
         extract_seconds = time.perf_counter() - started
-    config = FitConfig(
-        strategy=opts.strategy, epochs=opts.epochs, lr=opts.lr, batch_size=opts.batch_size, weight_decay=opts.weight_decay,
-        dropout=opts.dropout, label_smoothing=opts.label_smoothing, augment=opts.augment, patience=opts.patience,
-        unfreeze=opts.unfreeze if opts.unfreeze == "all" else int(opts.unfreeze), backbone_lr_mult=opts.backbone_lr_mult,
-        head_epochs=opts.head_epochs, gradual=opts.gradual, image_size=opts.image_size, balance=opts.balance, seed=opts.seed,
-        devices=int(opts.devices) if str(opts.devices).isdigit() else opts.devices, num_nodes=opts.num_nodes,
-        distributed=opts.distributed, precision=opts.precision, num_workers=opts.num_workers, from_group=from_group,
-    )  # fmt: skip
+    config = FitConfig.of(opts, from_group=from_group)
     result = fit(backbone, inputs["train"], inputs["val"], len(dataset.classes), config, run_dir, resume=resume, progress=progress)
     trained = result.model
     if result.global_rank != 0:
@@ -313,8 +236,9 @@ def _train_end_to_end(dataset, train_set, opts: TrainOptions, run_dir: Path, res
     return TrainedModel(trained, trained.classifier, result.head_layout, "penultimate"), result.history, timings
 
 
-def _finish(run_dir: Path, dataset, train_set, model, history, timings, predictions, opts: TrainOptions, progress: bool) -> TrainResult:
-    """Evaluate on val and test (unless ``predictions`` has them), save model, metrics, plots, report."""
+def _finish(run_dir: Path, dataset, train_set, model, history, timings, scored, opts: TrainOptions, progress: bool) -> TrainResult:
+    """Score val and test (unless ``scored`` has them: (samples, labels, probabilities) per split),
+    save model, metrics, plots, reports."""
     from transferkit.report import classification_metrics, plot_confusion, plot_curves, write_report
     from transferkit.runs import MODEL_META, Run, load_run, save_model, write_json
 
@@ -326,14 +250,12 @@ def _finish(run_dir: Path, dataset, train_set, model, history, timings, predicti
     metrics: dict[str, Any] = {}
     for split in ("val", "test"):
         images = dataset.splits.get(split)
-        if split in predictions:
-            metrics[split] = classification_metrics(*predictions[split], dataset.classes)
-            continue
-        if images is None or not len(images):
-            continue
-        probs, ok, _failures = run.scores(images.samples, batch_size=opts.batch_size, progress=f"evaluate {split}" if progress else False,
-                                          engine=opts.engine, cache_dir=opts.cache_dir)
-        metrics[split] = classification_metrics(images.labels[ok], probs[ok].argmax(1), dataset.classes)
+        if split not in scored and images is not None and len(images):
+            probs, ok, _failures = run.scores(images.samples, batch_size=opts.batch_size, progress=f"evaluate {split}" if progress else False,
+                                              engine=opts.engine, cache_dir=opts.cache_dir)
+            scored[split] = ([images.samples[i] for i in np.flatnonzero(ok)], images.labels[ok], probs[ok])
+        if split in scored:
+            metrics[split] = classification_metrics(scored[split][1], scored[split][2].argmax(1), dataset.classes)
     params = sum(p.numel() for p in model.parameters())
     summary = {
         "data": dataset.name,
@@ -371,14 +293,13 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 
 def _train_on_bottleneck_features(features, opts: TrainOptions, out) -> TrainResult:
     """The lab's precomputed bottleneck pickles: a head on them, evaluated; no backbone to save."""
-    from transferkit.heads import make_head
     from transferkit.report import classification_metrics
     from transferkit.runs import PRECOMPUTED_FEATURES, write_json
 
     if opts.strategy not in FEATURE_STRATEGIES:
         raise TransferkitError(f"{features.name} holds precomputed features: use --strategy {', '.join(FEATURE_STRATEGIES)}")
     X, y = features.splits["train"]
-    head = make_head(opts.strategy, kernel=opts.kernel, seed=opts.seed, **_head_params(opts))
+    head = _head(opts)
     started = time.perf_counter()
     head.fit(X, y)
     metrics: dict[str, Any] = {}

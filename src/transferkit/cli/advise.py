@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from transferkit.cli._app import ALLOW_OUTSIDE_ROOT, JSON, MODEL, TRUST_PICKLE, command, print_json
+from transferkit.cli._app import ALLOW_OUTSIDE_ROOT, JSON, MODEL, NO_PRETRAINED, TRUST_PICKLE, WEIGHTS, command, print_json
 from transferkit.cli.extract import CACHE_DIR
 
 
@@ -12,6 +12,8 @@ from transferkit.cli.extract import CACHE_DIR
 def advise(
     data: str = typer.Argument(..., help="Image folder, CSV, cifar10[:ROOT], gtsrb[:ROOT], file.p, or digits."),
     model: str = MODEL,
+    weights: str = WEIGHTS,
+    no_pretrained: bool = NO_PRETRAINED,
     sample_per_class: int = typer.Option(50, "--sample-per-class", min=2, help="Images per class measured."),
     cache_dir: str = CACHE_DIR,
     seed: int = typer.Option(0, "--seed"),
@@ -20,10 +22,10 @@ def advise(
     as_json: bool = JSON,
 ) -> None:
     """Measure DATA and recommend a strategy, layer, image size and regularisation."""
-    from transferkit.advise import advise as run_advise
+    from transferkit.api import advise as run_advise
 
     advice = run_advise(
-        data, model=model, sample_per_class=sample_per_class, cache_dir=cache_dir, seed=seed, progress=not as_json,
+        data, model=model, weights=weights, pretrained=not no_pretrained, sample_per_class=sample_per_class, cache_dir=cache_dir, seed=seed, progress=not as_json,
         trust_pickle=trust_pickle, allow_outside_root=allow_outside_root,
     )
     if as_json:

@@ -11,10 +11,6 @@ from transferkit.cli.extract import CACHE_DIR
 from transferkit.errors import TransferkitError
 
 
-def _split(value: str) -> list[str]:
-    return [v.strip() for v in value.split(",") if v.strip()]
-
-
 @command("compare")
 def compare(
     data: str = typer.Argument(..., help="Image folder, CSV, cifar10[:ROOT], gtsrb[:ROOT], file.p, or digits."),
@@ -23,22 +19,20 @@ def compare(
     layers: str = typer.Option("penultimate", "--layers", help="Comma-separated layers for the heads on features."),
     per_class: int = typer.Option(None, "--per-class", min=1, help="Train on N images per class."),
     out: Path = typer.Option(Path("runs/compare"), "--out", "-o"),
-    epochs: int = typer.Option(5, "--epochs", min=1, help="Epochs of the end-to-end strategies."),
+    epochs: int = typer.Option(None, "--epochs", min=1, help="Epochs of the mlp and end-to-end cells (default: train's)."),
     image_size: int = typer.Option(None, "--image-size"),
-    batch_size: int = typer.Option(32, "--batch-size", min=1),
-    seed: int = typer.Option(0, "--seed"),
+    batch_size: int = typer.Option(None, "--batch-size", min=1, help="Images per batch (default: train's)."),
+    seed: int = typer.Option(None, "--seed", help="Seed of the split and the training (default: train's)."),
     cache_dir: Path = CACHE_DIR,
     trust_pickle: bool = TRUST_PICKLE,
     allow_outside_root: bool = ALLOW_OUTSIDE_ROOT,
     as_json: bool = JSON,
 ) -> None:
     """Run every model x strategy combination, reusing cached features; resumable."""
-    from transferkit.compare import compare as run_compare
-    from transferkit.compare import grid
+    from transferkit.api import compare as run_compare
 
-    cells = grid(_split(models), _split(strategies), _split(layers))
     rows = run_compare(
-        data, cells, out, echo=(lambda *_: None) if as_json else typer.echo, per_class=per_class, epochs=epochs,
+        data, models=models, strategies=strategies, layers=layers, out=out, echo=(lambda *_: None) if as_json else typer.echo, per_class=per_class, epochs=epochs,
         image_size=image_size, batch_size=batch_size, seed=seed, cache_dir=str(cache_dir) if cache_dir else None,
         trust_pickle=trust_pickle, allow_outside_root=allow_outside_root,
     )  # fmt: skip

@@ -17,9 +17,9 @@ def export(
     as_json: bool = JSON,
 ) -> None:
     """Export a trained run; fails if the exported outputs differ from PyTorch's."""
-    from transferkit.export import export_run
+    from transferkit.api import export as run_export
 
-    result = export_run(run, format, out)
+    result = run_export(run, format=format, out=out)
     if as_json:
         print_json(result)
     else:
