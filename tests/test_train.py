@@ -257,3 +257,62 @@ def test_cache_frozen_runs_the_frozen_groups_once(tmp_path, colours):
     result = runner.invoke(app, ["evaluate", str(tmp_path / "a"), str(colours), "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["accuracy"] == first["test_acc"]
+
+
+def network_state(backbone) -> dict:
+    """The state dict of the library's whole network, as a weights file holds it."""
+    state = {**backbone.body.state_dict(), **{f"{backbone.spec.classifier}.{k}": v for k, v in backbone.classifier.state_dict().items()}}
+    return {k: v.contiguous() for k, v in state.items()}
+
+
+def test_a_weights_file_is_used_or_refused_for_a_backbone_without_pretrained_weights(tmp_path, colours):
+    """`--weights` once reached build_backbone only for backbones with pretrained weights: alexnet_bvlc
+    trained on random weights with a file of zeros, and lenet ignored a real file."""
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(bytes(64))
+    with pytest.raises(TransferkitError) as info:
+        train(colours, tmp_path / "alexnet", progress=False, strategy="linear", model="alexnet_bvlc", weights=str(bad), batch_size=8)
+    assert "\n" not in str(info.value) and "bad.safetensors" in str(info.value)
+    from safetensors.torch import save_file
+
+    trained = build_backbone("lenet", pretrained=False, seed=7)
+    save_file(network_state(trained), tmp_path / "lenet.safetensors")
+    result = train(colours, tmp_path / "lenet", progress=False, strategy="linear", model="lenet", weights=str(tmp_path / "lenet.safetensors"), image_size=32, batch_size=8)
+    meta = json.loads((result.run_dir / "model.json").read_text())
+    assert meta["weights_source"] == "file:lenet.safetensors"
+    assert torch.equal(result.run.model.backbone.body.state_dict()["features.0.weight"], trained.body.state_dict()["features.0.weight"])
+
+
+def test_auto_keeps_what_the_user_set_and_fills_the_rest(tmp_path, colours, monkeypatch):
+    """The advice's options fill only what the user left unset; a user option the chosen strategy
+    does not use is a one-line warning, not silently recorded."""
+    import importlib
+
+    advise_module = importlib.import_module("transferkit.advise")  # transferkit.advise is the function
+
+    class Advice:
+        train_options = {"model": "resnet18", "strategy": "linear", "layer": "stage3", "image_size": 64, "balance": "weights"}
+
+    seen = {}
+
+    def fake_advise(dataset, **kwargs):
+        seen.update(kwargs)
+        return Advice()
+
+    monkeypatch.setattr(advise_module, "advise", fake_advise)
+    weights = tmp_path / "r18.safetensors"
+    from safetensors.torch import save_file
+
+    save_file(network_state(build_backbone("resnet18", pretrained=False, seed=3)), weights)
+    with pytest.warns(UserWarning, match="--strategy auto chose --strategy linear, which does not use --epochs 3: ignored"):
+        train(colours, tmp_path / "run", progress=False, strategy="auto", model="resnet18", weights=str(weights), image_size=32, batch_size=8, epochs=3)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert seen["weights"] == str(weights)  # the probe network is the user's
+    assert (config["strategy"], config["layer"], config["image_size"], config["balance"], config["weights"]) == ("linear", "stage3", 32, "weights", str(weights))
+    assert "epochs" not in config and "lr" not in config  # what the strategy did not use is not recorded
+
+
+def test_resume_refuses_options_that_differ_from_the_run(tmp_path, colours):
+    train(colours, tmp_path / "run", progress=False, strategy="frozen", epochs=1, **FAST)
+    with pytest.raises(TransferkitError, match=r"--resume continues .* --epochs 3 \(the run has 1\)"):
+        train(colours, tmp_path / "run", resume=True, progress=False, strategy="frozen", epochs=3, **FAST)
