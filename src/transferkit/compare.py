@@ -120,6 +120,7 @@ def best(rows: list[dict]) -> dict | None:
 
 
 def write_leaderboard(rows: list[dict], out: Path, title: str) -> None:
+    from transferkit.html_report import write_leaderboard_html
     from transferkit.report import markdown_table, plot_bars
 
     key = _rank_key(rows)
@@ -132,3 +133,4 @@ def write_leaderboard(rows: list[dict], out: Path, title: str) -> None:
     scored = [r for r in ranked if r.get(key) is not None]
     if scored:
         plot_bars([f"{r['model']} / {r['strategy']} / {r['layer']}" for r in scored], [r[key] for r in scored], out / "leaderboard.png", f"{title} ({key.replace('_acc', '')} accuracy)")
+    write_leaderboard_html(rows, out, title)

@@ -57,8 +57,9 @@ def train(data, out: str | Path | None = None, *, resume: bool = False, progress
     )
     if not isinstance(dataset, Dataset):
         return _train_on_bottleneck_features(dataset, opts, out)
+    plan = None
     if opts.strategy == "auto":
-        opts = _advised_options(dataset, options, opts, progress)
+        opts, plan = _advised_options(dataset, options, opts, progress)
     train_set = dataset.train.per_class(opts.per_class, seed=opts.seed) if opts.per_class else dataset.train
     missing = set(range(len(dataset.classes))) - set(np.unique(train_set.labels).tolist())
     if missing:
@@ -78,17 +79,21 @@ def train(data, out: str | Path | None = None, *, resume: bool = False, progress
         except _NotRankZero:  # DDP: rank 0 evaluates and writes the run; the other processes are done
             return TrainResult(run_dir, {"summary": {}}, None)
         scored = {}
-    return _finish(run_dir, dataset, train_set, model, history, timings, scored, opts, progress)
+    return _finish(run_dir, dataset, train_set, model, history, timings, scored, opts, progress, plan)
 
 
-def _advised_options(dataset, given: dict, opts: TrainOptions, progress: bool) -> TrainOptions:
-    """``auto``: the advice's strategy and settings for what the user left unset; the user's own stay."""
+def _advised_options(dataset, given: dict, opts: TrainOptions, progress: bool) -> tuple[TrainOptions, dict]:
+    """``auto``: the advice's strategy and settings for what the user left unset, the user's own
+    kept; and the advice, for the report."""
     from transferkit.advise import advise
 
     advice = advise(dataset, model=opts.model, weights=opts.weights, pretrained=opts.pretrained, trust_pickle=opts.trust_pickle,
                     cache_dir=opts.cache_dir, seed=opts.seed, progress=progress)  # fmt: skip
     chosen = {**advice.train_options, **{k: v for k, v in given.items() if k != "strategy"}}
-    return resolve(chosen, chosen_by="--strategy auto", warn=lambda line: warnings.warn(line, stacklevel=3))
+    resolved = resolve(chosen, chosen_by="--strategy auto", warn=lambda line: warnings.warn(line, stacklevel=3))
+    plan = {"case": getattr(advice, "case", None), "reasons": getattr(advice, "reasons", []), "evidence": getattr(advice, "evidence", {}),
+            "advised": advice.train_options, "set by you": {k: v for k, v in given.items() if k != "strategy"}}  # fmt: skip
+    return resolved, plan
 
 
 def _head(opts: TrainOptions):
@@ -236,9 +241,10 @@ def _train_end_to_end(dataset, train_set, opts: TrainOptions, run_dir: Path, res
     return TrainedModel(trained, trained.classifier, result.head_layout, "penultimate"), result.history, timings
 
 
-def _finish(run_dir: Path, dataset, train_set, model, history, timings, scored, opts: TrainOptions, progress: bool) -> TrainResult:
+def _finish(run_dir: Path, dataset, train_set, model, history, timings, scored, opts: TrainOptions, progress: bool, plan: dict | None = None) -> TrainResult:
     """Score val and test (unless ``scored`` has them: (samples, labels, probabilities) per split),
-    save model, metrics, plots, reports."""
+    save model, metrics, plots, reports (``plan``: how auto chose the options, for the report)."""
+    from transferkit.html_report import write_html_report
     from transferkit.report import classification_metrics, plot_confusion, plot_curves, write_report
     from transferkit.runs import MODEL_META, Run, load_run, save_model, write_json
 
@@ -276,7 +282,9 @@ def _finish(run_dir: Path, dataset, train_set, model, history, timings, scored, 
     shown = "test" if "test" in metrics else "val"
     if shown in metrics:
         plot_confusion(metrics[shown]["confusion_matrix"], dataset.classes, run_dir / "confusion.png", f"{shown} confusion matrix")
-    write_report(run_dir, f"{dataset.name}: {opts.model} / {opts.strategy}", summary, metrics, dataset.classes)
+    title = f"{dataset.name}: {opts.model} / {opts.strategy}"
+    write_report(run_dir, title, summary, metrics, dataset.classes)
+    write_html_report(run_dir, title=title, summary=summary, metrics=metrics, classes=list(dataset.classes), history=history, scored=scored, plan=plan)
     write_json(run_dir / MODEL_META, {**meta, "summary": summary})
     return TrainResult(run_dir, {"summary": summary, **metrics}, load_run(run_dir))
 

@@ -59,7 +59,7 @@ def train(
     for split in ("val", "test"):
         if summary.get(f"{split}_acc") is not None:
             typer.echo(f"{split} accuracy: {summary[f'{split}_acc']:.2%}")
-    typer.echo(f"run saved in {result.run_dir} (report.md, model.safetensors)")
+    typer.echo(f"run saved in {result.run_dir} (report.html to look at, model.safetensors)")
 
 
 _signature = inspect.signature(train)
