@@ -128,10 +128,10 @@ def tiny():
 
 
 def test_full_disk_stops_with_one_line_and_leaves_no_complete_entry(tmp_path, tiny, monkeypatch):
-    import transferkit.features as features
+    from transferkit.feature_store import FeatureStore
 
     calls = {"n": 0}
-    real = features._write_chunk
+    real = FeatureStore.write_chunk
 
     def fill_up(*args):
         calls["n"] += 1
@@ -139,14 +139,14 @@ def test_full_disk_stops_with_one_line_and_leaves_no_complete_entry(tmp_path, ti
             raise OSError(errno.ENOSPC, "No space left on device")
         real(*args)
 
-    monkeypatch.setattr(features, "_write_chunk", fill_up)
+    monkeypatch.setattr(FeatureStore, "write_chunk", fill_up)
     backbone = build_backbone("lenet", pretrained=False)
     kwargs = {"data_fingerprint": "disk", "batch_size": 4, "chunk_batches": 1, "cache_dir": tmp_path}
     with pytest.raises(TransferkitError, match="no space left.*resumes") as info:
         extract_features(*tiny, backbone, **kwargs)
     assert "\n" not in str(info.value)
     assert [e["complete"] for e in list_entries(tmp_path)] == [False]
-    monkeypatch.setattr(features, "_write_chunk", real)
+    monkeypatch.setattr(FeatureStore, "write_chunk", real)
     resumed = extract_features(*tiny, backbone, **kwargs)
     assert np.array_equal(resumed.features, extract_features(*tiny, backbone, **{**kwargs, "cache_dir": tmp_path / "clean"}).features)
 
