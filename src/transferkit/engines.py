@@ -26,6 +26,7 @@ from torch import nn
 
 from transferkit.backbones import Backbone
 from transferkit.errors import TransferkitError
+from transferkit.feature_store import FeatureStore
 
 ENGINES = ("auto", "torch", "onnxruntime")
 PARITY_ATOL = 1e-3  # see parity_error
@@ -271,15 +272,13 @@ def scoring_engine(name: str, model: nn.Module, backbone: Backbone, image_size: 
     """A whole classifier (``model``, built on ``backbone``) as an engine: images in, class scores out.
 
     ``key`` names the exported file (it must change whenever the weights do); the ONNX files
-    live beside the feature cache's (of ``cache_dir``, see :func:`~transferkit.features.cache_root`).
+    live beside the feature cache's (:attr:`~transferkit.feature_store.FeatureStore.engines_folder` of ``cache_dir``).
     Where ``auto`` chose ONNX Runtime and it cannot run the network (export or parity check), PyTorch
     scores instead, with a warning: the scores are the same, and a finished training is not lost.
     """
     if resolve_engine(name, n_images) == "onnxruntime":
-        from transferkit.features import cache_root
-
         try:
-            return OnnxEngine(model, image_size, cache_root(cache_dir).parent / "engines" / f"{key}-{image_size}.onnx")
+            return OnnxEngine(model, image_size, FeatureStore(cache_dir).engines_folder / f"{key}-{image_size}.onnx")
         except Exception as err:  # the exporter raises many kinds
             if name != "auto":
                 raise
