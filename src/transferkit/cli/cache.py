@@ -1,4 +1,4 @@
-"""`transferkit cache list|remove`: see and free the feature cache."""
+"""`transferkit cache list|remove`: see and free the feature cache and the ONNX exports beside it."""
 
 from __future__ import annotations
 
@@ -18,22 +18,23 @@ app.add_typer(cache_app, name="cache")
 @command("list", app=cache_app)
 def list_cache(cache_dir: Path = CACHE_DIR, as_json: bool = JSON) -> None:
     """List cached feature sets: backbone, layer, data, size, complete or not; and the ONNX exports' size."""
-    from transferkit.features import cache_root, engine_files, list_entries
+    from transferkit.feature_store import FeatureStore
 
-    entries = list_entries(cache_dir)
+    store = FeatureStore(cache_dir)
+    entries = store.entries()
     if as_json:
         print_json(entries)
         return
-    table = Table("key", "backbone", "layer", "data", "images", "dim", "MB", "complete", title=str(cache_root(cache_dir)))
+    table = Table("key", "backbone", "layer", "data", "images", "dim", "MB", "complete", title=str(store.root))
     for e in entries:
         data = f"{e['dataset'] or '?'}/{e['split'] or '?'}"
         layer = (e["layer"] or "?") + (" (int8)" if e["quantize"] else "")
         table.add_row(e["key"][:12], e["backbone"] or "?", layer, data, str(e["count"] or "-"), str(e["dim"] or "-"), f"{e['bytes'] / 1e6:.1f}", "yes" if e["complete"] else "NO")
     Console().print(table)
-    exports = engine_files(cache_dir)
+    exports = store.engine_files()
     if exports:
         size = sum(f.stat().st_size for f in exports) / 1e6
-        typer.echo(f"ONNX exports: {len(exports)} files, {size:.1f} MB in {exports[0].parent} (`cache remove --engines` frees them)")
+        typer.echo(f"ONNX exports: {len(exports)} files, {size:.1f} MB in {store.engines_folder} (`cache remove --engines` frees them)")
 
 
 @command("remove", app=cache_app)
@@ -45,14 +46,13 @@ def remove_cache(
 ) -> None:
     """Remove cache entries by key, the ONNX exports with --engines, or all of them with --all."""
     from transferkit.errors import TransferkitError
-    from transferkit.features import engine_files, list_entries, remove_entries
+    from transferkit.feature_store import FeatureStore
 
+    store = FeatureStore(cache_dir)
     if remove_all:
-        keys = [e["key"] for e in list_entries(cache_dir)]
+        keys = [e["key"] for e in store.entries()]
     elif not keys and not engines:
         raise TransferkitError("name the entries to remove (see `transferkit cache list`), or pass --engines or --all")
-    removed = remove_entries(keys or [], cache_dir)
-    exports = engine_files(cache_dir) if engines or remove_all else []
-    for path in exports:
-        path.unlink(missing_ok=True)
+    removed = store.remove(keys or [])
+    exports = store.remove_engine_files() if engines or remove_all else []
     typer.echo(f"removed {len(removed)} cache entr{'y' if len(removed) == 1 else 'ies'}" + (f" and {len(exports)} ONNX exports" if exports else ""))

@@ -47,7 +47,8 @@ def extract(
     """Compute (or reuse) the bottleneck features of DATA, split by split."""
     from transferkit.backbones import build_backbone
     from transferkit.data import Dataset, load_data
-    from transferkit.features import extract_features, launch
+    from transferkit.distributed import launch
+    from transferkit.features import extract_features
 
     dataset = load_data(data, trust_pickle=trust_pickle, seed=seed, allow_outside_root=allow_outside_root)
     if not isinstance(dataset, Dataset):
