@@ -13,6 +13,7 @@ import from here still import from here.
 
 from __future__ import annotations
 
+import os
 from typing import Callable
 
 import torch
@@ -27,7 +28,7 @@ from transferkit.errors import TransferkitError
 from transferkit.registry import DEFAULT_MODEL, REGISTRY, get_spec, list_models, register
 from transferkit.spec import IMAGENET_MEAN, IMAGENET_STD, TF_MEAN, TF_STD, BackboneSpec, parse_layer
 from transferkit.transforms import UpscaleWithoutBorderLoss
-from transferkit.weights import load_pretrained
+from transferkit.weights import load_pretrained, read_weights_file
 
 __all__ = [
     "Backbone", "build_network", "build_backbone", "load_backbone",
@@ -172,23 +173,41 @@ def build_backbone(
     name: str = DEFAULT_MODEL,
     *,
     pretrained: bool = True,
-    weights: str | None = None,
+    weights: str | os.PathLike | None = None,
     trust_pickle: bool = False,
     num_classes: int | None = None,
     seed: int | None = 0,
 ) -> Backbone:
-    """Build ``name``, load its pretrained weights (or ``weights``, a file), split it.
+    """Build ``name`` with its pretrained weights, or those in ``weights`` (a file), and split it.
 
-    ``pretrained=False`` gives random weights (seeded); a missing pretrained checkpoint is an
-    error, never a silent fallback.  ``num_classes`` replaces the classifier.
+    ``weights``: a state dict, as safetensors or a plain torch checkpoint, in the library's key
+    names or a saved Backbone's (for alexnet_bvlc also the lab's .npy, with ``trust_pickle``).
+    It is checked against the network's names and shapes before the network is built, and
+    replaces the pretrained weights: with ``pretrained=False`` it is a contradiction, refused
+    rather than one of the two silently ignored.  ``pretrained=False`` gives random weights
+    (seeded); missing pretrained weights are an error, never a silent fallback.
+    ``num_classes`` replaces the classifier.
     """
     spec = get_spec(name)
+    from_file = None
+    if weights is not None:
+        if not pretrained:
+            raise TransferkitError(
+                f"--weights {weights} loads that file and --no-pretrained (pretrained=False) asks for random weights: pass one of them"
+            )
+        with torch.device("meta"):  # names and shapes without initialising: a bad file fails fast
+            expected = build_network(spec).state_dict()
+        from_file = read_weights_file(weights, spec, expected, trust_pickle=trust_pickle)
     if seed is not None:
         torch.manual_seed(seed)
     net = build_network(spec)
-    source = digest = "random" if seed is None else f"random-seed{seed}"
-    if pretrained or weights:
-        source, digest = load_pretrained(net, spec, weights=weights, trust_pickle=trust_pickle)
+    if from_file is not None:
+        state, source, digest = from_file
+        net.load_state_dict(state)
+    elif pretrained:
+        source, digest = load_pretrained(net, spec)
+    else:
+        source = digest = "random" if seed is None else f"random-seed{seed}"
     backbone = Backbone(spec, net, weights_source=source, weights_digest=digest)
     if num_classes is not None and num_classes != backbone.num_classes:
         backbone.reset_classifier(num_classes)

@@ -20,11 +20,15 @@ from pathlib import Path
 from typing import Mapping
 
 import torch
+import torchvision.models as tvm
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from transferkit.alexnet_bvlc import load_bvlc_npy
 from transferkit.errors import TransferkitError, WeightsNotFoundError
 from transferkit.spec import BackboneSpec
+
+SAVE_HINT = "save the weights with safetensors.torch.save_file(model.state_dict(), FILE) or torch.save(model.state_dict(), FILE)"
 
 
 def offline() -> bool:
@@ -54,17 +58,21 @@ def file_digest(path: str | os.PathLike) -> str:
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """A state dict from safetensors, or from a torch checkpoint with ``weights_only=True``."""
+    """A state dict from safetensors, or from a torch checkpoint with ``weights_only=True``.
+
+    The format is read from the file's first bytes (a ``.safetensors`` name must be one): any
+    other file is refused before a loader guesses at it."""
     path = Path(path)
     if not path.is_file():
         raise TransferkitError(f"weights file {path} does not exist or is not a file")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except Exception as err:  # safetensors raises its own error types
-            raise TransferkitError(f"{path} is not a valid safetensors file ({err})") from None
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if not head:
+        raise TransferkitError(f"weights file {path} is empty (0 bytes); {SAVE_HINT}")
+    if path.suffix == ".safetensors" or _looks_like_safetensors(head, path.stat().st_size):
+        return _read_safetensors(path)
+    if not head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save's zip archive; a pickle (the legacy format)
+        raise TransferkitError(f"{path} is neither a safetensors file nor a torch checkpoint (it starts with bytes {head[:8].hex()}); {SAVE_HINT}")
     try:
         with warnings.catch_warnings():  # "Detected pickle protocol N": the error below says what matters
             warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
@@ -74,24 +82,32 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         detail = f" ({' '.join(found.group(1).split())})" if found else ""
         raise TransferkitError(
             f"{path} is not a plain tensor checkpoint: it holds pickled objects{detail}, and transferkit does not "
-            "unpickle them since that can run code; save the weights with safetensors or torch.save(model.state_dict())"
+            f"unpickle them since that can run code; {SAVE_HINT}"
         ) from None
     except Exception as err:
-        raise TransferkitError(
-            f"{path} is not a plain tensor checkpoint (loading it safely failed: {str(err).splitlines()[0]}); "
-            "save it with safetensors or torch.save(model.state_dict())"
-        ) from None
+        reason = " ".join(str(err).split()) or type(err).__name__  # EOFError has no message
+        raise TransferkitError(f"{path} is not a plain tensor checkpoint (loading it safely failed: {reason}); {SAVE_HINT}") from None
     for key in ("state_dict", "model"):  # Lightning and common training-script checkpoints
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise TransferkitError(f"{path} does not hold a state dict of tensors")
+        raise TransferkitError(f"{path} does not hold a state dict of tensors; {SAVE_HINT}")
     return obj
 
 
-def save_state_dict(state: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
-    from safetensors.torch import save_file
+def _looks_like_safetensors(head: bytes, size: int) -> bool:
+    """safetensors: an 8-byte little-endian header length, then the JSON header."""
+    return len(head) == 9 and 0 < int.from_bytes(head[:8], "little") <= size - 8 and head[8:9] == b"{"
 
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except Exception as err:  # safetensors raises its own error types
+        raise TransferkitError(f"{path} is not a valid safetensors file ({' '.join(str(err).split())}); {SAVE_HINT}") from None
+
+
+def save_state_dict(state: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
     save_file({k: v.contiguous() for k, v in state.items()}, str(path))
 
 
@@ -105,17 +121,34 @@ def to_network_keys(state: dict[str, torch.Tensor], spec: BackboneSpec) -> dict[
     }
 
 
-def load_into(net: nn.Module, state: dict[str, torch.Tensor], spec: BackboneSpec, origin: str) -> None:
-    """Load ``state`` into ``net`` strictly, with one readable line when it does not fit."""
-    state = {k: v for k, v in to_network_keys(state, spec).items() if not k.startswith(spec.drop_keys)}
-    own = net.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in state and state[k].shape != own[k].shape]
+def fit_state_dict(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], spec: BackboneSpec, origin: str) -> dict[str, torch.Tensor]:
+    """``state`` renamed onto the network whose state dict is ``expected`` (only names and
+    shapes are read: a meta-device one will do); one readable line when it does not fit."""
+    state = {k: v for k, v in to_network_keys(dict(state), spec).items() if not k.startswith(spec.drop_keys)}
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in expected if k in state and state[k].shape != expected[k].shape]
     if missing or unexpected or mismatched:
         parts = [f"{len(v)} {what} (e.g. {v[0]})" for what, v in (("missing", missing), ("unexpected", unexpected), ("mismatched", mismatched)) if v]
-        raise TransferkitError(f"weights from {origin} do not fit {spec.name}: " + "; ".join(parts))
-    net.load_state_dict(state)
+        raise TransferkitError(f"weights from {origin} do not fit {spec.name}: " + "; ".join(parts) + f"; pass the state dict of a {spec.name}")
+    return state
+
+
+def load_into(net: nn.Module, state: Mapping[str, torch.Tensor], spec: BackboneSpec, origin: str) -> None:
+    """Load ``state`` into ``net`` strictly, with one readable line when it does not fit."""
+    net.load_state_dict(fit_state_dict(state, net.state_dict(), spec, origin))
+
+
+def read_weights_file(
+    path: str | os.PathLike, spec: BackboneSpec, expected: Mapping[str, torch.Tensor], *, trust_pickle: bool = False
+) -> tuple[dict[str, torch.Tensor], str, str]:
+    """``--weights FILE`` for ``spec``: the state dict fitted onto ``expected`` (see
+    :func:`fit_state_dict`), where it came from (``file:NAME``) and its digest."""
+    path = Path(path)
+    if not spec.has_learned_layers:
+        raise TransferkitError(f"{spec.name} has no learned layers to load weights into: drop --weights {path}")
+    state = _read_npy(path, spec, trust_pickle) if path.suffix == ".npy" else read_state_dict(path)
+    return fit_state_dict(state, expected, spec, str(path)), f"file:{path.name}", file_digest(path)
 
 
 def _module_name(package: str) -> str:
@@ -160,8 +193,6 @@ def cache_path(spec: BackboneSpec) -> Path | None:
     if spec.weights is None:
         return None
     if spec.source == "torchvision":
-        import torchvision.models as tvm
-
         url = tvm.get_weight(spec.weights).url
         return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
     if spec.source == "timm":
@@ -186,28 +217,18 @@ def availability(spec: BackboneSpec) -> str:
 
 def _download(spec: BackboneSpec) -> tuple[dict[str, torch.Tensor], str]:
     if spec.source == "torchvision":
-        import torchvision.models as tvm
-
         url = tvm.get_weight(spec.weights).url
         # weights_only: torch.hub's default would unpickle whatever the download holds
         return torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=True, check_hash=True, weights_only=True), url
     from huggingface_hub import hf_hub_download
-    from safetensors.torch import load_file
 
     path = hf_hub_download(f"timm/{spec.weights}", "model.safetensors")
     return load_file(path), path
 
 
-def load_pretrained(net: nn.Module, spec: BackboneSpec, *, weights: str | None = None, trust_pickle: bool = False) -> tuple[str, str]:
-    """Load pretrained weights into ``net``; returns (where they came from, digest)."""
-    if weights is not None:
-        path = Path(weights)
-        if path.suffix == ".npy":
-            state = _read_npy(path, spec, trust_pickle)
-        else:
-            state = read_state_dict(path)
-        load_into(net, state, spec, str(path))
-        return f"file:{path.name}", file_digest(path)
+def load_pretrained(net: nn.Module, spec: BackboneSpec) -> tuple[str, str]:
+    """Load ``spec``'s pretrained weights into ``net``; returns (where they came from, digest).
+    A ``--weights FILE`` goes through :func:`read_weights_file` instead."""
     looked: list[str] = ["no --weights file given"]
     if spec.embedded is not None:
         try:
@@ -245,7 +266,7 @@ def load_pretrained(net: nn.Module, spec: BackboneSpec, *, weights: str | None =
 def _read_npy(path: Path, spec: BackboneSpec, trust_pickle: bool) -> dict[str, torch.Tensor]:
     """The teaching lab's bvlc-alexnet.npy: a pickle, so only with the user's explicit trust."""
     if spec.name != "alexnet_bvlc":
-        raise TransferkitError(f"{path.name}: .npy weights are the Caffe AlexNet format, only for --model alexnet_bvlc")
+        raise TransferkitError(f"{path.name}: .npy weights are the Caffe AlexNet format, only for --model alexnet_bvlc; pass {spec.name} a state dict file ({SAVE_HINT})")
     if not trust_pickle:
         raise TransferkitError(
             f"{path} is a pickle, and unpickling can run arbitrary code; pass --trust-pickle if you trust this file"
@@ -254,5 +275,5 @@ def _read_npy(path: Path, spec: BackboneSpec, trust_pickle: bool) -> dict[str, t
         raise TransferkitError(f"weights file {path} does not exist or is not a file")
     try:
         return load_bvlc_npy(path)
-    except ValueError as err:
-        raise TransferkitError(f"{path}: {err}") from None
+    except ValueError as err:  # the message names the file already
+        raise TransferkitError(f"{err}; pass the lab's bvlc-alexnet.npy, or alexnet_bvlc's state dict ({SAVE_HINT})") from None
