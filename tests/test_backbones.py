@@ -106,19 +106,21 @@ def test_timm_specs_state_timms_pretrained_config(name):
     assert spec.classifier == cfg.classifier
 
 
-def test_one_factory_builds_the_evaluation_and_the_training_pipelines():
+@pytest.mark.parametrize("name", ["resnet18", "efficientnet_lite0"])  # bilinear and bicubic
+def test_one_factory_builds_the_evaluation_and_the_training_pipelines(name):
     import numpy as np
 
-    spec = get_spec("resnet18")
+    spec = get_spec(name)
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (200, 300, 3), dtype=np.uint8))
     evaluation = spec.transform(64)
     assert spec.transform(64, is_training=True, augment="none")(image).equal(evaluation(image))
     for augment in ("light", "strong"):
         torch.manual_seed(0)
-        out = spec.transform(64, is_training=True, augment=augment)(image)
-        assert out.shape == (3, 64, 64) and out.dtype == torch.float32
-        raw = spec.transform(64, uint8=True, is_training=True, augment=augment)(image)
-        assert raw.shape == (3, 64, 64) and raw.dtype == torch.uint8
+        for _ in range(20):  # RandAugment draws its operations: the geometric ones too
+            out = spec.transform(64, is_training=True, augment=augment)(image)
+            assert out.shape == (3, 64, 64) and out.dtype == torch.float32
+            raw = spec.transform(64, uint8=True, is_training=True, augment=augment)(image)
+            assert raw.shape == (3, 64, 64) and raw.dtype == torch.uint8
     torch.manual_seed(1)
     crops = {spec.transform(64, is_training=True)(image).sum().item() for _ in range(5)}
     assert len(crops) > 1  # random crops and flips: not the evaluation pipeline

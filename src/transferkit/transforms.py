@@ -44,7 +44,10 @@ def create_transform(
         ops = [v2.ToImage(), v2.RandomResizedCrop(input_size, scale=(0.25 if strong else 0.35, 1.0), interpolation=mode, antialias=True), v2.RandomHorizontalFlip()]
         if strong:  # erased patches get the mean colour, which normalises to zero
             mean_pixel = [round(255 * m) for m in mean]
-            ops += [v2.ColorJitter(0.2, 0.2, 0.2), v2.RandAugment(num_ops=2, magnitude=9, interpolation=mode), v2.RandomErasing(0.25, value=mean_pixel)]
+            # RandAugment's rotations and shears run on tensors, which take only nearest or bilinear:
+            # with bicubic (EfficientNet) they raised ValueError on about 3 images in 5.
+            affine = mode if mode in (InterpolationMode.NEAREST, InterpolationMode.BILINEAR) else InterpolationMode.BILINEAR
+            ops += [v2.ColorJitter(0.2, 0.2, 0.2), v2.RandAugment(num_ops=2, magnitude=9, interpolation=affine), v2.RandomErasing(0.25, value=mean_pixel)]
     else:
         ops = [v2.ToImage(), UpscaleWithoutBorderLoss(resize_size, input_size, mode), v2.CenterCrop(input_size)]
     return v2.Compose(ops + ([] if uint8 else scaling(mean, std)))
