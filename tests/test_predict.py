@@ -103,6 +103,8 @@ def test_models_json_lists_every_backbone():
     result = runner.invoke(app, ["models", "--json"])
     assert result.exit_code == 0
     rows = {r["name"]: r for r in json.loads(result.stdout)}
-    assert rows["efficientnet_lite0"]["weights"] == "embedded"
+    for lite in ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"):
+        assert rows[lite]["weights"] == "embedded"
+    assert rows["efficientnet_lite2"]["input_size"] == 260 and rows["efficientnet_lite2"]["imagenet_top1"] == 77.6
     assert rows["resnet50"]["feature_dim"] == 2048 and rows["resnet50"]["imagenet_top1"] > 80
     assert rows["lenet"]["weights"].startswith("none")

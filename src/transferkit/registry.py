@@ -180,6 +180,8 @@ def _efficientnet_lite(n: int, input_size: int, resize_size: int, params: int, i
 
 
 _efficientnet_lite(0, 224, 256, 4_652_008, 75.1)  # crop_pct 0.875
+_efficientnet_lite(1, 240, 272, 5_416_680, 76.7)  # crop_pct 0.882
+_efficientnet_lite(2, 260, 292, 6_092_072, 77.6)  # crop_pct 0.89
 
 register(
     BackboneSpec(
