@@ -107,4 +107,5 @@ def test_models_json_lists_every_backbone():
         assert rows[lite]["weights"] == "embedded"
     assert rows["efficientnet_lite2"]["input_size"] == 260 and rows["efficientnet_lite2"]["imagenet_top1"] == 77.6
     assert rows["resnet50"]["feature_dim"] == 2048 and rows["resnet50"]["imagenet_top1"] > 80
-    assert rows["lenet"]["weights"].startswith("none")
+    assert rows["lenet"]["weights"] == rows["alexnet_bvlc"]["weights"] == "none (train from scratch, or --weights FILE)"
+    assert rows["pixels"]["weights"] == "none (no learned layers)"

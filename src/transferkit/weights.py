@@ -206,7 +206,7 @@ def cache_path(spec: BackboneSpec) -> Path | None:
 def availability(spec: BackboneSpec) -> str:
     """Where pretrained weights would come from on this machine, without downloading."""
     if not spec.has_pretrained:
-        return "none (train from scratch)"
+        return "none (train from scratch, or --weights FILE)" if spec.has_learned_layers else "none (no learned layers)"
     if spec.embedded is not None and importlib.util.find_spec(_module_name(spec.embedded)) is not None:
         return "embedded"
     path = cache_path(spec)

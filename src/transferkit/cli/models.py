@@ -6,7 +6,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from transferkit.backbones import REGISTRY, list_models
+from transferkit.registry import REGISTRY, list_models
 from transferkit.cli._app import JSON, command, print_json
 from transferkit.weights import availability
 
