@@ -1,14 +1,15 @@
 """`transferkit serve` under load: concurrent clients on 127.0.0.1 against classify in process.
 
-The same images, the same run and engine. In process: ``Run.predict`` on all of them at once
-(batches of 32: the best a script can do) and one image per call (what a script that serves
-requests one by one pays). Over HTTP: ``--clients`` threads, each with its own keep-alive
+The same images, the same run and engine. In process: ``Run.predict`` (what ``classify`` calls)
+on all of them at once and one image a call, which builds its engine each call; then one engine
+kept (as the server keeps it) and ``classify_batches`` on all at once (batches of 32: the best
+a script can do) and one image a call. Over HTTP: ``--clients`` threads, each with its own keep-alive
 connection, send one image per ``POST /predict`` until ``--requests`` have been sent in all
 (bounded), with micro-batching (the default 5 ms wait, batches up to 32) and without it
 (``--max-batch 1``). Throughput is images per second over the wall time; latency is per
 request, as the client sees it.
 
-    python benchmarks/serve_load.py --run runs/cifar-small --images 256 --requests 256 --clients 1,4,16
+    python benchmarks/serve_load.py --run runs/cifar-small --images 128 --requests 128 --clients 1,4,16
 """
 
 from __future__ import annotations
@@ -92,6 +93,16 @@ def load(url: str, images: list[tuple[str, bytes]], requests: int, clients: int)
     return wall, np.array(latencies), httpx.get(url + "/health").json()
 
 
+def timed(call, items) -> np.ndarray:
+    """Seconds each call took."""
+    took = []
+    for item in items:
+        started = time.perf_counter()
+        call(item)
+        took.append(time.perf_counter() - started)
+    return np.array(took)
+
+
 def row(label: str, images: int, wall: float, latencies: np.ndarray | None, calls: str = "") -> str:
     p50, p95 = (f"{1000 * np.percentile(latencies, 50):.0f}", f"{1000 * np.percentile(latencies, 95):.0f}") if latencies is not None else ("", "")
     return f"| {label} | {images} | {images / wall:.1f} | {p50} | {p95} | {calls} |"
@@ -104,8 +115,10 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=256, help="One-image requests per server configuration, in all.")
     parser.add_argument("--clients", default="1,4,16", help="Concurrent clients, comma-separated.")
     parser.add_argument("--engine", default="onnxruntime", help="torch or onnxruntime, in process and in the server alike.")
+    parser.add_argument("--no-record", action="store_true", help="Print the figures without appending them to BENCHMARKS.md.")
     args = parser.parse_args()
 
+    from transferkit.asis import classify_batches
     from transferkit.runs import load_run
 
     run_dir = args.run
@@ -124,14 +137,17 @@ def main() -> None:
              "| how | images | images/s | p50 ms | p95 ms | network calls |", "|---|---|---|---|---|---|"]  # fmt: skip
     started = time.perf_counter()
     run.predict(paths, engine=args.engine, batch_size=32)
-    lines.append(row("in process, all at once (batches of 32)", len(paths), time.perf_counter() - started, None, f"{-(-len(paths) // 32)}"))
-    singles = []
+    lines.append(row("in process, `Run.predict` on all (batches of 32)", len(paths), time.perf_counter() - started, None, f"{-(-len(paths) // 32)}"))
+    singles = timed(lambda p: run.predict([p], engine=args.engine), paths[: min(args.requests, 16)])
+    lines.append(row("in process, `Run.predict` one image a call", len(singles), singles.sum(), singles, str(len(singles))))
+    # Run.predict builds its engine (for ONNX Runtime, a session) each call; a server, or a
+    # script that keeps the engine, pays that once:
+    engine = run.engine(args.engine, None)
     started = time.perf_counter()
-    for p in paths[: args.requests]:
-        t = time.perf_counter()
-        run.predict([p], engine=args.engine)
-        singles.append(time.perf_counter() - t)
-    lines.append(row("in process, one image a call", len(singles), time.perf_counter() - started, np.array(singles), str(len(singles))))
+    classify_batches(engine, paths, run.transform, run.classes, top_k=1, batch_size=32)
+    lines.append(row("in process, one engine kept, all (batches of 32)", len(paths), time.perf_counter() - started, None, f"{-(-len(paths) // 32)}"))
+    singles = timed(lambda p: classify_batches(engine, [p], run.transform, run.classes, top_k=1), paths[: args.requests])
+    lines.append(row("in process, one engine kept, one image a call", len(singles), singles.sum(), singles, str(len(singles))))
     print("\n".join(lines), flush=True)
 
     import httpx
@@ -150,7 +166,8 @@ def main() -> None:
         finally:
             process.terminate()
             process.wait(timeout=30)
-    record("transferkit serve under load against classify in process", command_line(), lines)
+    if not args.no_record:
+        record("transferkit serve under load against classify in process", command_line(), lines)
 
 
 if __name__ == "__main__":

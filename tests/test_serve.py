@@ -226,6 +226,7 @@ def stop_server(process) -> str:
     return out
 
 
+@pytest.mark.slow  # a server process: about 10 s
 def test_a_real_server_keeps_answering_bad_requests_and_batches_concurrent_ones(run_dir, digit_files):
     import httpx
 
