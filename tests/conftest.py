@@ -1,7 +1,9 @@
 """Tests run offline, with empty library caches, so no result depends on this machine's state."""
 
 import os
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 
@@ -42,3 +44,41 @@ def lite0():
     from transferkit import build_backbone
 
     return build_backbone("efficientnet_lite0")
+
+
+def random_crops(photo, n: int, rng, *, size: int = 64, area: tuple[float, float] = (0.04, 0.25)):
+    """``n`` distinct images cut from one real photo: a random crop (a random share ``area`` of its
+    surface, aspect 3:4 to 4:3), resized to ``size`` px, mirrored half the time, with its brightness
+    and contrast jittered, so no class is told apart by its mean colour or its framing alone."""
+    from PIL import Image
+
+    h, w = photo.shape[:2]
+    for _ in range(n):
+        share, aspect = rng.uniform(*area), np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+        ch, cw = (min(side, round(np.sqrt(share * h * w * a))) for side, a in ((h, 1 / aspect), (w, aspect)))
+        y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+        image = Image.fromarray(photo[y : y + ch, x : x + cw]).convert("RGB").resize((size, size), Image.BILINEAR)
+        if rng.random() < 0.5:
+            image = image.transpose(Image.FLIP_LEFT_RIGHT)
+        pixels = np.asarray(image, np.float32) * rng.uniform(0.75, 1.25) + rng.uniform(-20, 20)
+        yield Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+@pytest.fixture(scope="session")
+def photo_crops():
+    """Writes crops of scikit-image's sample photos (:func:`random_crops`) into an image folder:
+    ``photo_crops(folder, {"cat": "chelsea", ...}, {"train": 20, "test": 10}, seed=0)`` makes
+    ``folder/train/cat/0.png``...; a split named "" writes ``folder/cat/...``. Returns ``folder``."""
+    data = pytest.importorskip("skimage.data")
+
+    def write(folder, classes: dict, counts: dict, *, seed: int = 0, suffix: str = ".png", **crop_options):
+        rng = np.random.default_rng(seed)
+        for label, photo_name in classes.items():
+            photo = getattr(data, photo_name)()
+            for split, n in counts.items():
+                (Path(folder) / split / label).mkdir(parents=True, exist_ok=True)
+                for i, image in enumerate(random_crops(photo, n, rng, **crop_options)):
+                    image.save(Path(folder) / split / label / f"{i}{suffix}")
+        return Path(folder)
+
+    return write
