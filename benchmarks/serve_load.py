@@ -133,7 +133,8 @@ def main() -> None:
     run.predict(paths[:8], engine=args.engine)  # exports and warms the engine, as the server does at start
 
     lines = [f"{run.meta['backbone']} / {run.meta['strategy']} at {run.image_size} px, engine {args.engine}; {len(paths)} CIFAR-10 test JPEGs "
-             f"(32x32); one image a request; {os.cpu_count()} cores shared by the clients and the server", "",
+             f"(32x32); one image a request; {os.cpu_count()} cores shared by the clients and the server; load average at the start "
+             f"{os.getloadavg()[0]:.1f}", "",
              "| how | images | images/s | p50 ms | p95 ms | network calls |", "|---|---|---|---|---|---|"]  # fmt: skip
     started = time.perf_counter()
     run.predict(paths, engine=args.engine, batch_size=32)
@@ -166,6 +167,7 @@ def main() -> None:
         finally:
             process.terminate()
             process.wait(timeout=30)
+    lines += ["", f"Load average at the end: {os.getloadavg()[0]:.1f} (other work on the machine slows every row alike only if it stays level)."]
     if not args.no_record:
         record("transferkit serve under load against classify in process", command_line(), lines)
 
