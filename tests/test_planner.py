@@ -148,6 +148,8 @@ def test_cost_model_prices_each_strategy_from_the_rates():
     assert whole == pytest.approx(3 * 1000 / 10 + 3 * 200 / 100 + 300 / 100)
     cached = model.cost(resolve({"strategy": "finetune", "epochs": 3, "head_epochs": 0, "unfreeze": "2", "cache_frozen": True}), sizes)
     assert cached == pytest.approx(1200 / 100 + 3 * 1000 / 80 + 3 * 200 / 400 + 300 / 100)
+    cached_head_first = model.cost(resolve({"strategy": "finetune", "epochs": 3, "head_epochs": 1, "unfreeze": "2", "cache_frozen": True}), sizes)
+    assert cached_head_first == pytest.approx(1200 / 100 + 1000 / 400 + 2 * 1000 / 80 + 3 * 200 / 400 + 300 / 100)
     head_first = model.cost(resolve({"strategy": "finetune", "epochs": 3, "head_epochs": 1}), sizes)
     assert head_first == pytest.approx(1000 / 100 + 2 * 1000 / 10 + 3 * 200 / 100 + 300 / 100)
     # decoding: without workers it adds to every image from files; with enough workers it hides behind the network

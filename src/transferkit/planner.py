@@ -245,6 +245,7 @@ class CostModel:
             once = self.seconds(sizes.train + sizes.val, forward)  # the frozen groups, once (priced as the whole forward: an upper bound)
             step = Workload(opts.model, size, opts.batch_size, trained, from_group)
             val_pass = Workload(opts.model, size, opts.batch_size, 0, from_group)
+            head_phase = head_epochs * self.seconds(sizes.train, val_pass)  # the head alone, on the cached output too
             return (self.overhead_s + once + body_epochs * self.seconds(sizes.train, step) + head_phase
                     + opts.epochs * self.seconds(sizes.val, val_pass) + self.seconds(sizes.test, forward))  # fmt: skip
         step = Workload(opts.model, size, opts.batch_size, trained)
