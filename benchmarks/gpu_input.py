@@ -25,7 +25,6 @@ from _common import cifar10_folder, command_line, record, synchronize  # noqa: E
 
 from transferkit import build_backbone  # noqa: E402
 from transferkit.engines import LayerFeatures  # noqa: E402
-from transferkit.finetune import train_transform  # noqa: E402
 from transferkit.loader import iterate_batches  # noqa: E402
 
 DEVICE = torch.device("cuda")
@@ -63,7 +62,7 @@ def main() -> None:
     paths = sorted((cifar10_folder() / "test").glob("*/*.jpg"))[:: max(1, 10000 // args.images)][: args.images]
     backbone = build_backbone("efficientnet_lite0").eval()
     size = backbone.spec.input_size
-    extract_tf, train_tf = backbone.transform(size), train_transform(backbone.spec, size, "light")
+    extract_tf, train_tf = backbone.transform(size), backbone.spec.transform(size, is_training=True, augment="light")
     uint8_tf = backbone.transform(size, uint8=True)
     lines = [f"{len(paths)} CIFAR-10 test images at {size} px, efficientnet_lite0", "", "| stage | variant | img/s |", "|---|---|---|"]
 

@@ -188,6 +188,7 @@ def case(id: str, args: list[str], fragment: str, *, env: dict | None = None, xf
 
 
 X = [*SMALL, "--cache-dir", "{cache}"]  # extract
+XW = ["--model", "resnet18", "--image-size", "32", "--cache-dir", "{cache}"]  # extract with --weights (not --no-pretrained)
 T = [*SMALL, "--cache-dir", "{cache}", "--out", "{tmp}/never"]  # train: every case must fail before training
 
 CASES = [
@@ -242,8 +243,10 @@ CASES = [
     case("extract-csv-absolute-path", ["extract", "{csvdir}/absolute.csv", *X], "is outside"),
     case("extract-lab-pickle-untrusted", ["extract", "{evil_train_p}", *X], "pass --trust-pickle"),
     case("extract-trusted-pickle-not-lab", ["extract", "{list_p}", *X, "--trust-pickle"], "not a lab pickle"),
-    case("extract-weights-wrong-arch", ["extract", "{data}", *X, "--weights", "{lenet_safetensors}"], "do not fit resnet18"),
-    case("extract-weights-malicious", ["extract", "{data}", *X, "--weights", "{evil_pt}"], "holds pickled objects (Unsupported global: GLOBAL io.open)"),
+    case("extract-weights-wrong-arch", ["extract", "{data}", *XW, "--weights", "{lenet_safetensors}"], "do not fit resnet18"),
+    case("extract-weights-and-no-pretrained", ["extract", "{data}", *X, "--weights", "{lenet_safetensors}"], "--no-pretrained (pretrained=False) asks for random weights"),
+    case("train-weights-and-no-pretrained", ["train", "{data}", *T, "--weights", "{lenet_safetensors}"], "--weights FILE and --no-pretrained contradict each other"),
+    case("extract-weights-malicious", ["extract", "{data}", *XW, "--weights", "{evil_pt}"], "holds pickled objects (Unsupported global: GLOBAL io.open)"),
     # train and advise
     case("train-unknown-strategy", ["train", "{data}", *T, "--strategy", "magic"], "unknown strategy 'magic'"),
     case("train-epochs-0", ["train", "{data}", *T, "--strategy", "finetune", "--epochs", "0"], "--epochs must be at least 1"),

@@ -18,7 +18,7 @@ from torch import nn
 
 from transferkit.backbones import build_backbone
 from transferkit.errors import TransferkitError
-from transferkit.finetune import EpochSampler, FitConfig, GroupOutputs, ImageClassifier, collate, fit, train_transform
+from transferkit.finetune import EpochSampler, FitConfig, GroupOutputs, ImageClassifier, collate, fit
 
 COLOURS = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200]])
 
@@ -75,12 +75,12 @@ def test_train_transform_ends_with_normalise():
     from PIL import Image
 
     for augment in ("none", "light", "strong"):
-        transform = train_transform(spec, 32, augment)
+        transform = spec.transform(32, is_training=True, augment=augment)
         assert [type(t).__name__ for t in transform.transforms[-2:]] == ["ToDtype", "Normalize"]
         out = transform(Image.fromarray(image))
         assert out.shape == (3, 32, 32) and out.dtype == torch.float32
     with pytest.raises(TransferkitError, match="augment"):
-        train_transform(spec, 32, "wild")
+        spec.transform(32, is_training=True, augment="wild")
 
 
 def test_frozen_keeps_backbone_and_batchnorm_statistics(tmp_path):

@@ -135,7 +135,7 @@ def advise(
     counts = np.bincount(train.labels, minlength=len(dataset.classes))
     per_class = max(2, min(sample_per_class, max_sample // len(dataset.classes)))
     sample = train.per_class(per_class, seed=seed)
-    backbone = build_backbone(model, pretrained=pretrained or weights is not None, weights=weights, trust_pickle=trust_pickle)
+    backbone = build_backbone(model, pretrained=pretrained, weights=weights, trust_pickle=trust_pickle)
     spec = backbone.spec
     width, height = _image_sizes(sample.samples)
 

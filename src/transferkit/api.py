@@ -51,7 +51,7 @@ def extract(data, *, model: str = DEFAULT_MODEL, layer: str = "penultimate", ima
     if not isinstance(dataset, Dataset):
         raise TransferkitError(f"{data} already holds bottleneck features; train a head on it with `transferkit train`")
     weights = str(weights) if weights else None
-    backbone = build_backbone(model, pretrained=pretrained or weights is not None, weights=weights, trust_pickle=trust_pickle)
+    backbone = build_backbone(model, pretrained=pretrained, weights=weights, trust_pickle=trust_pickle)
     fabric = launch(devices, num_nodes)
     rank = fabric.global_rank if fabric is not None else 0
     return {

@@ -29,9 +29,8 @@ from lightning.pytorch.callbacks import BaseFinetuning, EarlyStopping, ModelChec
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, Dataset, Sampler, WeightedRandomSampler
 from torchmetrics.classification import MulticlassAccuracy
-from torchvision.transforms import InterpolationMode, v2
 
-from transferkit.backbones import Backbone, BackboneSpec
+from transferkit.backbones import Backbone
 from transferkit.errors import TransferkitError
 from transferkit.heads import head_module
 from transferkit.options import FIELDS as OPTION_FIELDS
@@ -40,7 +39,6 @@ from transferkit.schedule import FreezeSchedule
 from transferkit.loader import DecodedImages, ImageSource, default_workers
 
 STRATEGIES = ("frozen", "finetune", "scratch")
-AUGMENTS = ("none", "light", "strong")
 METRICS = ("train_loss", "train_acc", "val_loss", "val_acc")
 QUIET = (  # Lightning advice that does not apply here
     ".*does not have many workers.*",  # small data decodes fine in the main process
@@ -117,23 +115,6 @@ def new_head_layout(feature_dim: int, num_classes: int, dropout: float) -> dict:
     if dropout > 0:
         return {"type": "dropout-linear", "dims": [feature_dim, num_classes], "dropout": dropout}
     return {"type": "linear", "dims": [feature_dim, num_classes]}
-
-
-def train_transform(spec: BackboneSpec, image_size: int | None = None, augment: str = "light", uint8: bool = False) -> v2.Compose:
-    """Random crops and flips ("light"), plus colour jitter, RandAugment and erasing ("strong").
-
-    ``uint8``: stop before scaling; :class:`ImageClassifier` normalises on the device.
-    """
-    if augment not in AUGMENTS:
-        raise TransferkitError(f"unknown augment {augment!r}: use {', '.join(AUGMENTS)}")
-    if augment == "none":
-        return spec.transform(image_size, uint8)
-    size, mode, strong = spec.check_image_size(image_size), InterpolationMode(spec.interpolation), augment == "strong"
-    ops = [v2.ToImage(), v2.RandomResizedCrop(size, scale=(0.25 if strong else 0.35, 1.0), interpolation=mode, antialias=True), v2.RandomHorizontalFlip()]
-    if strong:  # erased patches get the mean colour, which normalises to zero
-        mean_pixel = [round(255 * m) for m in spec.mean]
-        ops += [v2.ColorJitter(0.2, 0.2, 0.2), v2.RandAugment(num_ops=2, magnitude=9, interpolation=mode), v2.RandomErasing(0.25, value=mean_pixel)]
-    return v2.Compose(ops + ([] if uint8 else spec.scaling()))
 
 
 class LabeledImages(Dataset):
@@ -507,7 +488,7 @@ def fit(
         sampler.set_epoch(_resumed_epoch(last))
     gpu = on_gpu(config)  # uint8 images, normalised on the device: see ImageClassifier.on_after_batch_transfer
     if config.from_group is None:
-        train_set = LabeledImages(train[0], train_labels, train_transform(backbone.spec, image_size, config.augment, gpu))
+        train_set = LabeledImages(train[0], train_labels, backbone.spec.transform(image_size, gpu, is_training=True, augment=config.augment))
         val_set = LabeledImages(val[0], val_labels, backbone.transform(image_size, gpu))
     else:
         shape = _group_output_shape(backbone, config.from_group, image_size)

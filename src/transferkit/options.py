@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from transferkit.errors import TransferkitError
+from transferkit.transforms import AUGMENTS
 
 DEFAULT_MODEL = "efficientnet_lite0"
 
@@ -73,7 +74,7 @@ class TrainOptions:
                                    check=lambda v: 0 <= v < 1, expected="in [0, 1)")  # fmt: skip
     label_smoothing: float = option(0.0, "End to end: label smoothing of the training loss.", check=lambda v: 0 <= v < 1, expected="in [0, 1)")
     augment: str = option("light", "End to end: none, light (random crops and mirroring) or strong (+ colour jitter, RandAugment, erasing).",
-                          allowed=("none", "light", "strong"))  # fmt: skip
+                          allowed=AUGMENTS)  # fmt: skip
     patience: int | None = option(None, "End to end: stop after this many epochs without val improvement (best checkpoint kept).", minimum=0)
     # fine-tuning
     unfreeze: str = option("all", "finetune: layer groups to train, counted from the output end, or all.", check=_unfreeze_ok, expected="a number of layer groups (1 or more) or 'all'")
