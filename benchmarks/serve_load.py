@@ -123,7 +123,7 @@ def main() -> None:
 
     run_dir = args.run
     if run_dir is None:
-        from transferkit.train import train
+        from transferkit.training import train
 
         run_dir = Path(tempfile.mkdtemp(prefix="serve-load-")) / "run"
         train("digits", run_dir, progress=False, strategy="linear", per_class=20)

@@ -8,11 +8,11 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from transferkit.advise import LARGE_PER_CLASS, advise, decide
+from transferkit.advice import LARGE_PER_CLASS, advise, decide
 from transferkit.cli import app
-from transferkit.compare import Cell, best, compare, grid
+from transferkit.comparison import Cell, best, compare, grid
 from transferkit.errors import TransferkitError
-from transferkit.train import train
+from transferkit.training import train
 
 runner = CliRunner()
 
@@ -67,7 +67,7 @@ def test_advise_cli_json(stripes, tmp_path):
 
 
 def test_strategy_auto_uses_the_advice(stripes, tmp_path, monkeypatch):
-    advise_module = importlib.import_module("transferkit.advise")  # the package exports the function of that name
+    advise_module = importlib.import_module("transferkit.advice")
 
     real = advise_module.advise
     monkeypatch.setattr(advise_module, "advise", lambda data, **kw: real(data, **{**kw, **FAST, "cache_dir": tmp_path}))
@@ -132,3 +132,32 @@ def test_real_advice_on_digits_prefers_an_earlier_stage(tmp_path):
     probes = advice.evidence["probe_accuracy"]
     assert advice.case == "small-different", advice.reasons
     assert advice.layer.startswith("stage") and probes[advice.layer] > probes["penultimate"]
+
+
+def test_compare_gives_each_cell_the_options_its_strategy_uses(stripes, tmp_path):
+    """epochs reaches the end-to-end cell, not the heads; val_fraction decides the split it records;
+    an option no cell uses is refused before any cell runs."""
+    cells = [Cell("lenet", "linear"), Cell("lenet", "frozen")]
+    options = {"image_size": 32, "cache_dir": str(tmp_path / "cache"), "epochs": 1, "val_fraction": 0.5, "batch_size": 8}
+    rows = compare(str(stripes), cells, tmp_path / "cmp", progress=False, echo=lambda *_: None, **options)
+    assert [r["status"] for r in rows] == ["done", "done"], rows
+    linear, frozen = (json.loads((tmp_path / "cmp" / c.name / "config.json").read_text()) for c in cells)
+    assert "epochs" not in linear and frozen["epochs"] == 1
+    assert linear["val_fraction"] == frozen["val_fraction"] == 0.5
+    history = json.loads((tmp_path / "cmp" / cells[1].name / "metrics.json").read_text())["history"]
+    assert len(history) == 1
+    total = sum(1 for p in stripes.rglob("*.png") if "test" not in p.parts)
+    assert rows[0]["train_images"] == pytest.approx(total / 2, abs=len(set(p.parent.name for p in stripes.rglob("*.png"))))
+    assert (tmp_path / "cmp" / "leaderboard.html").is_file()
+    with pytest.raises(TransferkitError, match="no cell's strategy uses --kernel"):
+        compare(str(stripes), cells[:1], tmp_path / "other", progress=False, echo=lambda *_: None, kernel="rbf")
+
+
+def test_mlp_head_takes_the_training_options():
+    from transferkit.options import resolve
+    from transferkit.training import _head
+
+    head = _head(resolve({"strategy": "mlp", "lr": 0.02, "epochs": 3, "weight_decay": 0.05, "dropout": 0.1, "balance": "weights", "seed": 4}))
+    assert (head.lr, head.epochs, head.weight_decay, head.dropout, head.class_weight, head.random_state) == (0.02, 3, 0.05, 0.1, "balanced", 4)
+    linear = _head(resolve({"strategy": "linear"}))
+    assert linear.class_weight is None

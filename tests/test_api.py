@@ -43,3 +43,21 @@ def test_readme_quickstart_names_exist():
     for name in ("train", "evaluate", "classify", "extract", "advise", "compare", "export", "load_run", "predict", "load_backbone"):
         assert callable(getattr(transferkit, name)), name
     assert set(transferkit.__all__) >= {"train", "evaluate", "classify", "extract", "advise", "compare", "export", "load_run"}
+
+
+def test_readme_table_of_each_strategys_options_matches_the_registry():
+    """The README's table is read here, so it can never drift from options.STRATEGIES."""
+    import re
+    from pathlib import Path
+
+    from transferkit.options import SHARED, STRATEGIES, flag
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    rows = dict(re.findall(r"^\| `(\w+)` \| ((?:`--[\w-]+`(?:, )?)+) \|$", readme, re.M))
+    for name, strategy in STRATEGIES.items():
+        if strategy.kind == "auto":
+            continue
+        assert name in rows, f"README's table has no row for {name}"
+        assert re.findall(r"`(--[\w-]+)`", rows[name]) == [flag(n) for n in FIELDS if n in strategy.options - SHARED], name
+    shared_sentence = readme[readme.index("Every strategy uses") : readme.index("beyond those")]
+    assert set(re.findall(r"`(--[\w-]+)`", shared_sentence)) == {flag(n) for n in SHARED - {"strategy"}} | {"--no-pretrained"}

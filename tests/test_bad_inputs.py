@@ -71,7 +71,7 @@ def _images(folder: Path, classes: dict[str, int], size: int = 20, seed: int = 0
 def world(tmp_path_factory) -> dict[str, str]:
     """Every file the cases name, and one tiny trained run (with damaged copies of it)."""
     from transferkit import build_backbone
-    from transferkit.train import train
+    from transferkit.training import train
     from transferkit.weights import save_state_dict
 
     t = tmp_path_factory.mktemp("bad")
@@ -361,7 +361,7 @@ def test_csv_outside_root_with_allow_outside_root(world):
     assert result.exit_code == 0, result.output
     assert sum(s["images"] for s in json.loads(result.stdout)["splits"]) == 6
 
-    from transferkit.evaluate import evaluate_run
+    from transferkit.evaluation import evaluate_run
 
     with pytest.raises(TransferkitError, match="is outside"):
         evaluate_run(world["run"], f"{world['csvdir']}/escapes.csv")

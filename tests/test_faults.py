@@ -184,7 +184,7 @@ def test_two_processes_extracting_at_once_agree(tmp_path, reference):
 TRAIN_CACHED = textwrap.dedent(
     """
     import json, sys
-    from transferkit.train import train
+    from transferkit.training import train
     data, run, mode, cache = sys.argv[1:5]
     train(data, run, resume=mode == "resume", progress=False, model="resnet18", pretrained=False, image_size=32, batch_size=4,
           strategy="finetune", unfreeze="1", cache_frozen=True, epochs=12, head_epochs=1, lr=1e-2, cache_dir=cache)

@@ -58,7 +58,7 @@ class Page(HTMLParser):
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """A tiny trained run: a linear head on the digits' raw pixels (seconds)."""
-    from transferkit.train import train
+    from transferkit.training import train
 
     return train("digits", tmp_path_factory.mktemp("report") / "run", progress=False, strategy="linear", model="pixels").run_dir
 

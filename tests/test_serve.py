@@ -29,7 +29,7 @@ from transferkit.serve import MicroBatcher, ServeOptions, create_app  # noqa: E4
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """A tiny trained run: a linear head on the digits' raw pixels (seconds)."""
-    from transferkit.train import train
+    from transferkit.training import train
 
     return train("digits", tmp_path_factory.mktemp("serve") / "run", progress=False, strategy="linear", model="pixels").run_dir
 

@@ -10,10 +10,10 @@ from typer.testing import CliRunner
 
 from transferkit import TransferkitError, build_backbone
 from transferkit.cli import app
-from transferkit.evaluate import evaluate_run
+from transferkit.evaluation import evaluate_run
 from transferkit.features import list_entries
 from transferkit.runs import load_run
-from transferkit.train import train
+from transferkit.training import train
 
 runner = CliRunner()
 COLOURS = {"red": (200, 40, 40), "green": (40, 190, 60), "blue": (50, 60, 210)}
@@ -288,7 +288,7 @@ def test_auto_keeps_what_the_user_set_and_fills_the_rest(tmp_path, colours, monk
     does not use is a one-line warning, not silently recorded."""
     import importlib
 
-    advise_module = importlib.import_module("transferkit.advise")  # transferkit.advise is the function
+    advise_module = importlib.import_module("transferkit.advice")
 
     class Advice:
         train_options = {"model": "resnet18", "strategy": "linear", "layer": "stage3", "image_size": 64, "balance": "weights"}

@@ -11,11 +11,11 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from transferkit.advise import advise
+from transferkit.advice import advise
 from transferkit.errors import TransferkitError
 from transferkit.options import DEFAULT_MODEL
 from transferkit.runs import Run, load_run
-from transferkit.train import TrainResult, train
+from transferkit.training import TrainResult, train
 
 __all__ = ["TrainResult", "advise", "classify", "compare", "evaluate", "export", "extract", "load_run", "train"]
 
@@ -24,7 +24,7 @@ def evaluate(run: str | os.PathLike | Run, data, *, split: str | None = None, ba
              trust_pickle: bool = False, allow_outside_root: bool = False) -> dict:  # fmt: skip
     """Accuracy, per-class precision/recall and confusion matrix of a trained run on labelled ``data``
     (the ``test`` split if it has one, else all of it, unless ``split`` says)."""
-    from transferkit.evaluate import evaluate_run
+    from transferkit.evaluation import evaluate_run
 
     return evaluate_run(run, data, split=split, trust_pickle=trust_pickle, batch_size=batch_size, allow_outside_root=allow_outside_root, engine=engine)
 
@@ -71,8 +71,8 @@ def compare(data, *, models: Sequence[str] | str = (DEFAULT_MODEL,), strategies:
             echo=print, **options) -> list[dict]:  # fmt: skip
     """Every model x strategy (x layer for the heads) on ``data``, as a leaderboard in ``out``;
     ``options`` are `train`'s, each given to the cells whose strategy uses it."""
-    from transferkit.compare import compare as run_cells
-    from transferkit.compare import grid
+    from transferkit.comparison import compare as run_cells
+    from transferkit.comparison import grid
 
     def names(value):
         return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else list(value)
@@ -82,7 +82,7 @@ def compare(data, *, models: Sequence[str] | str = (DEFAULT_MODEL,), strategies:
 
 def export(run: str | os.PathLike, *, format: str = "onnx", out: str | os.PathLike | None = None) -> dict:
     """The run's network as ONNX or TorchScript, checked against PyTorch's outputs: {path, max_abs_difference, ...}."""
-    from transferkit.export import export_run
+    from transferkit.exporter import export_run
 
     return export_run(run, format, out)
 

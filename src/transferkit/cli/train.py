@@ -47,7 +47,7 @@ def train(
     **options,
 ) -> None:
     """Train a classifier on DATA with a pretrained backbone and the chosen strategy."""
-    from transferkit.train import train as run_train
+    from transferkit.training import train as run_train
 
     result = run_train(data, out, resume=resume, progress=True, **_given(options))
     summary = result.metrics["summary"]

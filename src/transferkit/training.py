@@ -85,7 +85,7 @@ def train(data, out: str | Path | None = None, *, resume: bool = False, progress
 def _advised_options(dataset, given: dict, opts: TrainOptions, progress: bool) -> tuple[TrainOptions, dict]:
     """``auto``: the advice's strategy and settings for what the user left unset, the user's own
     kept; and the advice, for the report."""
-    from transferkit.advise import advise
+    from transferkit.advice import advise
 
     advice = advise(dataset, model=opts.model, weights=opts.weights, pretrained=opts.pretrained, trust_pickle=opts.trust_pickle,
                     cache_dir=opts.cache_dir, seed=opts.seed, progress=progress)  # fmt: skip

@@ -63,7 +63,7 @@ def compare(data, cells: Sequence[Cell], out: str | Path, *, progress: bool = Tr
     the end-to-end cells, not the heads); one that no cell uses is refused.
     """
     from transferkit.data import Dataset, load_data
-    from transferkit.train import train
+    from transferkit.training import train
 
     check_names(options)
     options = {k: v for k, v in options.items() if v is not None}
