@@ -45,7 +45,8 @@ def extract(data, *, model: str = DEFAULT_MODEL, layer: str = "penultimate", ima
     """Compute (or reuse) the cached bottleneck features of each split of ``data``: {split: CachedFeatures}."""
     from transferkit.backbones import build_backbone
     from transferkit.data import Dataset, load_data
-    from transferkit.features import extract_features, launch
+    from transferkit.distributed import launch
+    from transferkit.features import extract_features
 
     dataset = data if isinstance(data, Dataset) else load_data(str(data), trust_pickle=trust_pickle, seed=seed, allow_outside_root=allow_outside_root)
     if not isinstance(dataset, Dataset):

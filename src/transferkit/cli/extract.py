@@ -45,39 +45,30 @@ def extract(
     as_json: bool = JSON,
 ) -> None:
     """Compute (or reuse) the bottleneck features of DATA, split by split."""
-    from transferkit.backbones import build_backbone
-    from transferkit.data import Dataset, load_data
-    from transferkit.distributed import launch
-    from transferkit.features import extract_features
+    from transferkit.api import extract as run_extract
 
-    dataset = load_data(data, trust_pickle=trust_pickle, seed=seed, allow_outside_root=allow_outside_root)
-    if not isinstance(dataset, Dataset):
-        raise TransferkitError(f"{data} already holds bottleneck features; train a head on it with `transferkit train`")
-    backbone = build_backbone(model, pretrained=not no_pretrained, weights=str(weights) if weights else None, trust_pickle=trust_pickle)
-    fabric = launch(devices, num_nodes)
-    rank = fabric.global_rank if fabric is not None else 0
+    results = run_extract(
+        data, model=model, layer=layer, image_size=image_size, batch_size=batch_size, num_workers=num_workers, cache_dir=cache_dir,
+        weights=weights, pretrained=not no_pretrained, trust_pickle=trust_pickle, allow_outside_root=allow_outside_root, flip_tta=flip_tta,
+        quantize=quantize, seed=seed, engine=engine, devices=devices, num_nodes=num_nodes, chunk_batches=chunk_batches, progress=True,
+    )  # fmt: skip
+    rank = next(iter(results.values())).rank if results else 0
     rows = []
-    for split, images in dataset.splits.items():
-        result = extract_features(
-            images.samples, images.labels, backbone, data_fingerprint=images.fingerprint(), layer=layer,
-            image_size=image_size, batch_size=batch_size, num_workers=num_workers, cache_dir=cache_dir,
-            chunk_batches=chunk_batches, engine=engine, progress=f"extract {split}" if rank == 0 else False,
-            description={"dataset": dataset.name, "split": split}, fabric=fabric, flip_tta=flip_tta,
-            quantize=quantize, calibration=dataset.train,
-        )  # fmt: skip
-        rows.append({"split": split, "images": len(images), "dim": result.dim, "cache": "hit" if result.hit else "computed",
+    for split, result in results.items():
+        n = len(result.labels)
+        rows.append({"split": split, "images": n, "dim": result.dim, "cache": "hit" if result.hit else "computed",
                      "seconds": round(result.seconds, 2), "skipped": result.failures, "key": result.path.name})  # fmt: skip
         if not as_json and rank == 0:
-            rate = f", {len(images) / result.seconds:.1f} img/s" if result.seconds else ""
+            rate = f", {n / result.seconds:.1f} img/s" if result.seconds else ""
             status = "cache hit" if result.hit else f"computed in {result.seconds:.1f}s{rate}"
-            typer.echo(f"{split}: {len(images)} images x {result.dim} features ({status}) [{result.path.name}]")
+            typer.echo(f"{split}: {n} images x {result.dim} features ({status}) [{result.path.name}]")
         for failure in result.failures:
             typer.echo(f"skipped: {one_line(failure['reason'])}", err=True)
     if rank != 0:
         return  # rank 0 reports for every DDP process
     skipped = sum(len(r["skipped"]) for r in rows)
     if as_json:
-        print_json({"data": dataset.name, "model": model, "layer": layer, "splits": rows})
+        print_json({"data": data, "model": model, "layer": layer, "splits": rows})
     if skipped and strict:
         raise TransferkitError(f"{skipped} image{'s' if skipped != 1 else ''} could not be decoded (listed above) and --strict is set; fix or remove them")
     if skipped:
