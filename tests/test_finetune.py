@@ -220,8 +220,8 @@ def test_bad_images_are_skipped_even_a_whole_batch(tmp_path):
 
 
 def test_same_seed_same_history(tmp_path):
-    # default workers (2 here: several batches), strong augmentation, dropout: all seeded
-    kwargs = dict(n_train=30, strategy="finetune", augment="strong", num_workers=None, seed=7)
+    # loader workers, strong augmentation, dropout: all seeded
+    kwargs = dict(n_train=30, strategy="finetune", augment="strong", num_workers=2, seed=7)
     first, _ = run(tmp_path / "a", **kwargs)
     second, _ = run(tmp_path / "b", **kwargs)
     assert first.history == second.history
@@ -324,16 +324,32 @@ def test_resume_after_sigkill_continues_the_same_run(tmp_path):
     assert sorted(int(row["epoch"]) for row in rows if row["train_acc"]) == [0, 1, 2]
 
 
+def test_threads_and_workers_never_exceed_the_cores(monkeypatch):
+    """torch's threads + loader workers stay within the cores this process may use, so that a
+    competing process slows a run in proportion (oversubscribed, `make demo` took 6x as long)."""
+    from transferkit.loader import share_cores
+
+    threads = []
+    monkeypatch.setattr(torch, "set_num_threads", threads.append)
+    for cores, given, expected in ((2, None, (0, 2)), (2, 1, (1, 1)), (16, None, (2, 14)), (4, 0, (0, 4))):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, n=cores: set(range(n)), raising=False)
+        assert (share_cores(640, 32, gpu=False, workers=given), threads[-1]) == expected
+        assert sum(expected) <= cores
+    assert share_cores(20, 32, gpu=False) == 0  # one batch: decoded in the main process
+
+
 def test_precision_auto_is_bf16_mixed_on_a_bfloat16_gpu_only(monkeypatch):
     from transferkit.finetune import _loader, LabeledImages, on_gpu, resolve_precision
 
     assert resolve_precision(FitConfig(precision="16-mixed")) == "16-mixed"  # what the user asked for stays
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)  # a 16-core machine
+    threads = []
+    monkeypatch.setattr(torch, "set_num_threads", threads.append)  # recorded, not applied to this process
     dataset = LabeledImages(*make_data(64, 0), transform=None)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_precision(FitConfig()) == "32-true" and not on_gpu(FitConfig())
     cpu_loader = _loader(dataset, FitConfig(batch_size=8), None, on_gpu(FitConfig()))
-    assert (cpu_loader.num_workers, cpu_loader.pin_memory) == (2, False)  # workers share the cores with training
+    assert (cpu_loader.num_workers, cpu_loader.pin_memory, threads[-1]) == (2, False, 14)  # workers and threads share the 16 cores
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     assert resolve_precision(FitConfig()) == "bf16-mixed"

@@ -22,7 +22,7 @@ from transferkit.backbones import Backbone, build_backbone, parse_layer
 from transferkit.distributed import launch
 from transferkit.errors import TransferkitError
 from transferkit.feature_store import CACHE_VERSION, META, CachedFeatures, FeatureStore, Rows, cache_key, cache_root, read_entry
-from transferkit.loader import ImageSource, default_workers, iterate_batches
+from transferkit.loader import ImageSource, iterate_batches, share_cores
 
 __all__ = [
     "extract_features", "CALIBRATION_IMAGES",
@@ -101,8 +101,7 @@ def extract_features(
             on_gpu = layer_engine.device.type == "cuda"
             if on_gpu:  # uint8 out of the workers, a quarter of float32's bytes; the engine normalises on the GPU
                 transform = backbone.transform(image_size, uint8=True)
-            if num_workers is None:
-                num_workers = default_workers(len(order), batch_size, gpu=on_gpu)
+            num_workers = share_cores(len(order), batch_size, gpu=on_gpu, workers=num_workers)
             write_chunk = functools.partial(store.write_chunk, key)
             with store.disk_errors():
                 _compute_chunks(layer_engine, transform, samples, order, todo, chunk_size, write_chunk, batch_size, num_workers, progress, len(done))

@@ -36,7 +36,7 @@ from transferkit.heads import head_module
 from transferkit.options import FIELDS as OPTION_FIELDS
 from transferkit.options import STRATEGIES as STRATEGY_OPTIONS
 from transferkit.schedule import FreezeSchedule
-from transferkit.loader import DecodedImages, ImageSource, default_workers
+from transferkit.loader import DecodedImages, ImageSource, share_cores
 
 STRATEGIES = ("frozen", "finetune", "scratch")
 METRICS = ("train_loss", "train_acc", "val_loss", "val_acc")
@@ -78,7 +78,7 @@ class FitConfig:
     devices: int | str = _default("devices")  # "auto": one device; several (DDP relaunches the script) only when asked
     accelerator: str = "auto"
     precision: str = _default("precision")  # "auto": see resolve_precision
-    num_workers: int | None = _default("num_workers")  # None: loader.default_workers
+    num_workers: int | None = _default("num_workers")  # None: loader.share_cores
     num_nodes: int = _default("num_nodes")  # machines, each running `devices` processes (Lightning's DDP)
     distributed: str = _default("distributed")  # Lightning's strategy: "auto" or "ddp" (gloo on CPUs, NCCL on GPUs)
     from_group: int | None = None  # train on cached outputs of this layer group, not on images: see fit
@@ -401,10 +401,8 @@ def _group_output_shape(backbone: Backbone, group: int, image_size: int) -> tupl
 
 def _loader(dataset: Dataset, config: FitConfig, sampler: Sampler | None, gpu: bool) -> DataLoader:
     n, size = len(dataset), config.batch_size
-    if isinstance(dataset, GroupOutputs):  # rows read from the cache file: nothing for workers to decode
-        workers = 0
-    else:
-        workers = default_workers(n, size, gpu=gpu, training=True) if config.num_workers is None else config.num_workers
+    # Rows read from the cache file leave nothing for workers to decode.
+    workers = share_cores(n, size, gpu=gpu, workers=0 if isinstance(dataset, GroupOutputs) else config.num_workers)
     # A lone image in the last batch breaks BatchNorm in training mode; shuffled, a different one waits each epoch.
     drop_last = sampler is not None and n > 1 and n % size == 1
     # Workers are not persistent: each epoch's take their seeds from the checkpointed RNG, so a resume replays them.

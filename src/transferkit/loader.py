@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from transferkit.errors import ImageError
 from transferkit.images import load_image, to_rgb
+from transferkit.throughput import cpu_budget, split_cores
 
 # A path, a PIL image, or a uint8 array (H x W or H x W x 3/4), as the data sources give them.
 ImageSource = Union[str, os.PathLike, Image.Image, np.ndarray]
@@ -58,16 +59,22 @@ def _collate(items) -> Batch:
     )
 
 
-def default_workers(n_items: int, batch_size: int, *, gpu: bool | None = None, training: bool = False) -> int:
-    """DataLoader workers for ``n_items`` images: none for a single batch; on a CPU few, since they
-    share the cores with the network (fewer while it trains); for a GPU (default: whether there is
-    one) as many as the CPU can spare, up to 16."""
-    if n_items <= batch_size:
-        return 0
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # a container's share
-    if torch.cuda.is_available() if gpu is None else gpu:
-        return max(1, min(16, cpus - 1))
-    return min(2 if training else 4, cpus)
+def share_cores(n_items: int, batch_size: int, *, gpu: bool | None = None, workers: int | None = None) -> int:
+    """DataLoader workers for ``n_items`` images (``workers`` if given), with torch's threads set to
+    the rest of the cores this process may use, so that threads + workers never exceed them.
+
+    Oversubscribed, a competing process slowed a run several-fold rather than in proportion (torch's
+    threads wait for each other at every parallel region): `make demo` took 6x its idle time beside
+    one busy process.  On a CPU the split is throughput.split_cores's (2 cores: both threads, images
+    decoded in the main process; 16: 14 and 2); a GPU (default: whether there is one) gets every
+    core but one for decoding, up to 16, and torch's threads are left alone.
+    """
+    gpu = torch.cuda.is_available() if gpu is None else gpu
+    split = split_cores(n_batches=-(-n_items // max(1, batch_size)), gpu=gpu)
+    workers = split.workers if workers is None else workers
+    if not gpu:
+        torch.set_num_threads(max(1, cpu_budget() - workers))
+    return workers
 
 
 def iterate_batches(
@@ -79,7 +86,7 @@ def iterate_batches(
     progress: bool | str = False,
 ) -> Iterator[Batch]:
     """Decode and preprocess ``sources`` in order, ``batch_size`` at a time."""
-    workers = default_workers(len(sources), batch_size) if num_workers is None else num_workers
+    workers = share_cores(len(sources), batch_size, workers=num_workers)
     loader = DataLoader(
         DecodedImages(sources, transform),
         batch_size=batch_size,
