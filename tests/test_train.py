@@ -239,6 +239,8 @@ def test_a_head_on_a_bottleneck_pickle_is_scored_but_cannot_classify_images(tmp_
         load_run(tmp_path / "run")
     outcome = runner.invoke(app, ["classify", str(tmp_path / "run"), str(tmp_path)])
     assert outcome.exit_code != 0 and "precomputed features" in outcome.output
+    with pytest.raises(TransferkitError, match="with no network or images: --model, --image-size do not apply"):
+        train(str(train_p), tmp_path / "run2", progress=False, strategy="linear", model="resnet18", image_size=64, trust_pickle=True)
 
 
 def test_cache_frozen_runs_the_frozen_groups_once(tmp_path, colours):

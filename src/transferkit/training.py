@@ -19,7 +19,7 @@ import torch
 
 from transferkit.backbones import build_backbone
 from transferkit.errors import TransferkitError
-from transferkit.options import END_TO_END_STRATEGIES, FEATURE_STRATEGIES, STRATEGIES, TrainOptions, flag, from_config, resolve, used
+from transferkit.options import END_TO_END_STRATEGIES, FEATURE_STRATEGIES, STRATEGIES, TrainOptions, check_names, flag, from_config, resolve, used
 
 __all__ = ["END_TO_END_STRATEGIES", "FEATURE_STRATEGIES", "STRATEGIES", "TrainOptions", "TrainResult", "train"]
 
@@ -56,7 +56,7 @@ def train(data, out: str | Path | None = None, *, resume: bool = False, progress
         allow_outside_root=opts.allow_outside_root,
     )
     if not isinstance(dataset, Dataset):
-        return _train_on_bottleneck_features(dataset, opts, out)
+        return _train_on_bottleneck_features(dataset, opts, out, given=options)
     plan = None
     if opts.strategy == "auto":
         opts, plan = _advised_options(dataset, options, opts, progress)
@@ -108,6 +108,7 @@ def _head(opts: TrainOptions):
 
 def _resumed_options(run_dir: Path, given: dict) -> TrainOptions:
     """The options the interrupted run recorded; a given option that differs from them is refused."""
+    check_names(given)
     recorded = from_config(json.loads((run_dir / "config.json").read_text()))
     differing = [f"{flag(k)} {v!r} (the run has {getattr(recorded, k)!r})" for k, v in given.items()
                  if hasattr(recorded, k) and _same_type(getattr(recorded, k), v) != getattr(recorded, k)]  # fmt: skip
@@ -300,13 +301,20 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
-def _train_on_bottleneck_features(features, opts: TrainOptions, out) -> TrainResult:
+# What a head on precomputed features uses: no network, no images, no extraction.
+BOTTLENECK_OPTIONS = {"strategy", "seed", "trust_pickle", "allow_outside_root", "val_fraction", "balance", "kernel", "dropout", "lr", "epochs", "weight_decay"}
+
+
+def _train_on_bottleneck_features(features, opts: TrainOptions, out, given: dict) -> TrainResult:
     """The lab's precomputed bottleneck pickles: a head on them, evaluated; no backbone to save."""
     from transferkit.report import classification_metrics
     from transferkit.runs import PRECOMPUTED_FEATURES, write_json
 
     if opts.strategy not in FEATURE_STRATEGIES:
         raise TransferkitError(f"{features.name} holds precomputed features: use --strategy {', '.join(FEATURE_STRATEGIES)}")
+    unused = [flag(name) for name, value in given.items() if name not in BOTTLENECK_OPTIONS and value is not None]
+    if unused:
+        raise TransferkitError(f"{features.name} holds precomputed features, with no network or images: {', '.join(unused)} do not apply; drop them")
     X, y = features.splits["train"]
     head = _head(opts)
     started = time.perf_counter()
