@@ -61,3 +61,17 @@ def test_readme_table_of_each_strategys_options_matches_the_registry():
         assert re.findall(r"`(--[\w-]+)`", rows[name]) == [flag(n) for n in FIELDS if n in strategy.options - SHARED], name
     shared_sentence = readme[readme.index("Every strategy uses") : readme.index("beyond those")]
     assert set(re.findall(r"`(--[\w-]+)`", shared_sentence)) == {flag(n) for n in SHARED - {"strategy"}} | {"--no-pretrained"}
+
+
+def test_no_module_shadows_an_exported_function():
+    """Importing a submodule binds it on the package: a module named like an exported function
+    (train.py beside transferkit.train) replaced the function after its first import."""
+    import importlib
+    import pkgutil
+    import types
+
+    for module in pkgutil.walk_packages(transferkit.__path__, "transferkit."):
+        if module.name != "transferkit.__main__":
+            importlib.import_module(module.name)
+    shadowed = [name for name in transferkit.__all__ if isinstance(getattr(transferkit, name), types.ModuleType)]
+    assert not shadowed, f"modules shadow the package's functions: {shadowed}"

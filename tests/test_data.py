@@ -14,7 +14,7 @@ from PIL import Image
 
 from transferkit.data import (
     BottleneckFeatures,
-    Dataset,
+    ImageDataset,
     LabelledImages,
     load_data,
     parse_data_spec,
@@ -55,7 +55,7 @@ def test_folder_lists_class_images_sorted_and_splits_stratified(tmp_path):
     (root / "cat" / "notes.txt").write_text("not an image")
     (root / ".git").mkdir()
     data = load_data(str(root))
-    assert isinstance(data, Dataset) and data.name == "pets"
+    assert isinstance(data, ImageDataset) and data.name == "pets"
     assert data.classes == ["cat", "dog"] and data.test is None
     assert len(data.train) + len(data.val) == 11
     assert all(isinstance(p, Path) for p in data.train.samples)
@@ -183,7 +183,7 @@ def test_cifar10_corrupt_batches_are_never_unpickled(tmp_path, monkeypatch):
 # --- GTSRB -----------------------------------------------------------------------------------
 
 
-def check_tracks_not_split(data: Dataset) -> None:
+def check_tracks_not_split(data: ImageDataset) -> None:
     def tracks(images):
         return {(int(images.classes[label]), "_".join(Path(p).stem.split("_")[-2:-1])) for p, label in zip(images.samples, images.labels)}
 
@@ -283,7 +283,7 @@ def test_lab_pickle_with_sibling_splits(tmp_path):
     dump(tmp_path / "signs_valid.p", imgs(2), np.array([1, 3]))
     dump(tmp_path / "signs_test.p", imgs(3), np.array([3, 3, 1]))
     data = load_data(str(train), trust_pickle=True)
-    assert isinstance(data, Dataset) and data.name == "signs" and data.classes == ["1", "3"]
+    assert isinstance(data, ImageDataset) and data.name == "signs" and data.classes == ["1", "3"]
     assert (len(data.train), len(data.val), len(data.test)) == (8, 2, 3)
     assert data.train.samples[0].shape == (6, 6, 3) and data.test.labels.tolist() == [1, 1, 0]
 

@@ -339,13 +339,13 @@ def test_threads_and_workers_never_exceed_the_cores(monkeypatch):
 
 
 def test_precision_auto_is_bf16_mixed_on_a_bfloat16_gpu_only(monkeypatch):
-    from transferkit.finetune import _loader, LabeledImages, on_gpu, resolve_precision
+    from transferkit.finetune import _loader, DecodedLabelledImages, on_gpu, resolve_precision
 
     assert resolve_precision(FitConfig(precision="16-mixed")) == "16-mixed"  # what the user asked for stays
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)  # a 16-core machine
     threads = []
     monkeypatch.setattr(torch, "set_num_threads", threads.append)  # recorded, not applied to this process
-    dataset = LabeledImages(*make_data(64, 0), transform=None)
+    dataset = DecodedLabelledImages(*make_data(64, 0), transform=None)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_precision(FitConfig()) == "32-true" and not on_gpu(FitConfig())
     cpu_loader = _loader(dataset, FitConfig(batch_size=8), None, on_gpu(FitConfig()))

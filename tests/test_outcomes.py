@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 import transferkit
-from transferkit.data import Dataset, load_data
+from transferkit.data import ImageDataset, load_data
 
 # Every run: 64 px inputs, images decoded in the training process (forking loader workers for a
 # few dozen images costs more than it saves), scored with PyTorch.  End to end: batches of 8, so
@@ -105,7 +105,7 @@ CLASSES = {"digits10": 10, "digits2": 2, "photos2": 2, "photos3": 3}
 def digits10():
     """DATA "digits", cut to DIGITS10_SPLITS images of each digit (its test split alone is 450 images)."""
     full = load_data("digits")
-    return Dataset("digits", {split: full.splits[split].per_class(n, seed=0) for split, n in DIGITS10_SPLITS.items()}, full.classes)
+    return ImageDataset("digits", {split: full.splits[split].per_class(n, seed=0) for split, n in DIGITS10_SPLITS.items()}, full.classes)
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +148,7 @@ def feature_caches(tmp_path_factory):
 
 def _test_split(data) -> tuple[list, list[str]]:
     """The test split's images (paths or arrays) and their class names."""
-    dataset = data if isinstance(data, Dataset) else load_data(data)
+    dataset = data if isinstance(data, ImageDataset) else load_data(data)
     test = dataset.splits["test"]
     return list(test.samples), [dataset.classes[i] for i in test.labels]
 

@@ -119,17 +119,17 @@ def advise(
     trust_pickle: bool = False,
     allow_outside_root: bool = False,
 ) -> Advice:
-    """Measure ``data`` (a DATA string or Dataset) and recommend a strategy, layer and size.
+    """Measure ``data`` (a DATA string or ImageDataset) and recommend a strategy, layer and size.
 
     ``weights`` is a weights file for ``model``, as in `train`; ``image_sizes`` are the input
     sizes tried (default 64, 128 and the backbone's own);
     ``trust_pickle`` and ``allow_outside_root`` are as in :func:`transferkit.data.load_data`.
     """
-    from transferkit.data import Dataset, load_data
+    from transferkit.data import ImageDataset, load_data
     from transferkit.features import extract_features
 
-    dataset = data if isinstance(data, Dataset) else load_data(str(data), seed=seed, trust_pickle=trust_pickle, allow_outside_root=allow_outside_root)
-    if not isinstance(dataset, Dataset):
+    dataset = data if isinstance(data, ImageDataset) else load_data(str(data), seed=seed, trust_pickle=trust_pickle, allow_outside_root=allow_outside_root)
+    if not isinstance(dataset, ImageDataset):
         raise TransferkitError(f"{data} holds precomputed features: advice needs images")
     train = dataset.train
     counts = np.bincount(train.labels, minlength=len(dataset.classes))

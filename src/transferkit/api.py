@@ -44,12 +44,12 @@ def extract(data, *, model: str = DEFAULT_MODEL, layer: str = "penultimate", ima
             chunk_batches: int = 16, progress: bool = True) -> dict[str, Any]:  # fmt: skip
     """Compute (or reuse) the cached bottleneck features of each split of ``data``: {split: CachedFeatures}."""
     from transferkit.backbones import build_backbone
-    from transferkit.data import Dataset, load_data
+    from transferkit.data import ImageDataset, load_data
     from transferkit.distributed import launch
     from transferkit.features import extract_features
 
-    dataset = data if isinstance(data, Dataset) else load_data(str(data), trust_pickle=trust_pickle, seed=seed, allow_outside_root=allow_outside_root)
-    if not isinstance(dataset, Dataset):
+    dataset = data if isinstance(data, ImageDataset) else load_data(str(data), trust_pickle=trust_pickle, seed=seed, allow_outside_root=allow_outside_root)
+    if not isinstance(dataset, ImageDataset):
         raise TransferkitError(f"{data} already holds bottleneck features; train a head on it with `transferkit train`")
     weights = str(weights) if weights else None
     backbone = build_backbone(model, pretrained=pretrained, weights=weights, trust_pickle=trust_pickle)

@@ -62,7 +62,7 @@ def compare(data, cells: Sequence[Cell], out: str | Path, *, progress: bool = Tr
     ``options`` are training options for every cell whose strategy uses them (``epochs`` reaches
     the end-to-end cells, not the heads); one that no cell uses is refused.
     """
-    from transferkit.data import Dataset, load_data
+    from transferkit.data import ImageDataset, load_data
     from transferkit.training import train
 
     check_names(options)
@@ -72,7 +72,7 @@ def compare(data, cells: Sequence[Cell], out: str | Path, *, progress: bool = Tr
         raise TransferkitError(f"no cell's strategy uses {', '.join(flag(n) for n in unused)}: drop it, or add a strategy that uses it")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    dataset = data if isinstance(data, Dataset) else load_data(
+    dataset = data if isinstance(data, ImageDataset) else load_data(
         str(data), trust_pickle=options.get("trust_pickle", False), seed=options.get("seed", 0),
         val_fraction=options.get("val_fraction", 0.2), allow_outside_root=options.get("allow_outside_root", False),
     )

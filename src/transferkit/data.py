@@ -83,7 +83,10 @@ class LabelledImages:
 
 
 @dataclass
-class Dataset:
+class ImageDataset:
+    """DATA resolved: its labelled images by split, and the class names (the DataLoader reads them
+    through finetune.DecodedLabelledImages or loader.DecodedImages, the torch datasets)."""
+
     name: str
     splits: dict[str, LabelledImages]  # "train" and "val" always, "test" where the source has one
     classes: list[str]
@@ -130,8 +133,8 @@ def parse_data_spec(spec: str) -> tuple[str, str | None]:
 
 
 def load_data(spec: str, *, trust_pickle: bool = False, val_fraction: float = 0.2, seed: int = 0,
-              data_root: str | None = None, allow_outside_root: bool = False) -> Dataset | BottleneckFeatures:  # fmt: skip
-    """Resolve DATA into a Dataset (or BottleneckFeatures for a bottleneck pickle)."""
+              data_root: str | None = None, allow_outside_root: bool = False) -> ImageDataset | BottleneckFeatures:  # fmt: skip
+    """Resolve DATA into an ImageDataset (or BottleneckFeatures for a bottleneck pickle)."""
     kind, arg = parse_data_spec(spec)
     try:
         if kind in ("cifar10", "gtsrb"):
@@ -204,11 +207,11 @@ def _holdout(labels: np.ndarray, groups: np.ndarray | None, fraction: float, see
             return np.array([rng.choice(np.flatnonzero(labels == c)) for c in np.unique(labels)])
 
 
-def _dataset(name: str, splits: dict[str, LabelledImages | None], val_fraction: float, seed: int) -> Dataset:
+def _dataset(name: str, splits: dict[str, LabelledImages | None], val_fraction: float, seed: int) -> ImageDataset:
     if splits.get("val") is None:
         splits["train"], splits["val"] = split_train_val(splits["train"], val_fraction, seed)
     order = ("train", "val", "test")
-    return Dataset(name, {k: splits[k] for k in order if splits.get(k) is not None}, splits["train"].classes)
+    return ImageDataset(name, {k: splits[k] for k in order if splits.get(k) is not None}, splits["train"].classes)
 
 
 def _need_two(classes: list[str], where: object, what: str) -> None:
@@ -265,7 +268,7 @@ def _class_folders(folder: Path, root: Path, classes: list[str] | None = None) -
     return LabelledImages(paths, _index(names, classes, str(folder)), classes, root=root)
 
 
-def _folder(root: Path, val_fraction: float, seed: int) -> Dataset:
+def _folder(root: Path, val_fraction: float, seed: int) -> ImageDataset:
     if not root.is_dir():
         raise TransferkitError(f"{root} is not a folder: expected {FORMS}")
     layout = {}
@@ -308,7 +311,7 @@ def _row_file(path: Path, line: int, value: str, base: Path, allow_outside: bool
     return base / value
 
 
-def _csv(path: Path, val_fraction: float, seed: int, allow_outside: bool) -> Dataset:
+def _csv(path: Path, val_fraction: float, seed: int, allow_outside: bool) -> ImageDataset:
     rows = _read_rows(path)
     columns = set(rows[0][1]) if rows else set()
     if not rows:
@@ -341,7 +344,7 @@ def _csv(path: Path, val_fraction: float, seed: int, allow_outside: bool) -> Dat
 # --- named datasets ------------------------------------------------------------------------
 
 
-def _digits(val_fraction: float, seed: int) -> Dataset:
+def _digits(val_fraction: float, seed: int) -> ImageDataset:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -353,7 +356,7 @@ def _digits(val_fraction: float, seed: int) -> Dataset:
     return _dataset("digits", {"train": all_.subset(np.sort(rest)), "test": all_.subset(np.sort(test))}, val_fraction, seed)
 
 
-def _cifar10(root: Path, val_fraction: float, seed: int) -> Dataset:
+def _cifar10(root: Path, val_fraction: float, seed: int) -> ImageDataset:
     from torchvision.datasets import CIFAR10
     from torchvision.datasets.utils import check_integrity
 
@@ -384,7 +387,7 @@ def _cifar10(root: Path, val_fraction: float, seed: int) -> Dataset:
     return _dataset("cifar10", {"train": as_images(train), "test": as_images(test)}, val_fraction, seed)
 
 
-def _gtsrb(root: Path, val_fraction: float, seed: int) -> Dataset:
+def _gtsrb(root: Path, val_fraction: float, seed: int) -> ImageDataset:
     from transferkit.weights import offline
 
     # (training class folders, test images, candidate test label files) of the layouts with ppm trees
@@ -461,7 +464,7 @@ def _gtsrb_rows(path: Path, delimiter: str, file_col: str, base: Path) -> list[t
 # --- the lab's pickles ---------------------------------------------------------------------
 
 
-def _pickle(path: Path, trust: bool, val_fraction: float, seed: int) -> Dataset | BottleneckFeatures:
+def _pickle(path: Path, trust: bool, val_fraction: float, seed: int) -> ImageDataset | BottleneckFeatures:
     if not trust:
         raise TransferkitError(f"{path} is a pickle, and unpickling can run arbitrary code; pass --trust-pickle if you trust this file")
     files = {"train": path}

@@ -15,11 +15,11 @@ def evaluate_run(run_dir, data, *, split: str | None = None, trust_pickle: bool 
 
     ``allow_outside_root``: a CSV ``data`` may name images outside its own folder.
     """
-    from transferkit.data import Dataset, load_data
+    from transferkit.data import ImageDataset, load_data
 
     run = run_dir if isinstance(run_dir, Run) else load_run(run_dir)
-    dataset = data if isinstance(data, Dataset) else load_data(str(data), trust_pickle=trust_pickle, allow_outside_root=allow_outside_root)
-    if not isinstance(dataset, Dataset):
+    dataset = data if isinstance(data, ImageDataset) else load_data(str(data), trust_pickle=trust_pickle, allow_outside_root=allow_outside_root)
+    if not isinstance(dataset, ImageDataset):
         raise TransferkitError(f"{data} holds features, not images; a run evaluates images")
     split = split or ("test" if dataset.splits.get("test") is not None else "all")
     if split == "all":

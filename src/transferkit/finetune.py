@@ -117,7 +117,7 @@ def new_head_layout(feature_dim: int, num_classes: int, dropout: float) -> dict:
     return {"type": "linear", "dims": [feature_dim, num_classes]}
 
 
-class LabeledImages(Dataset):
+class DecodedLabelledImages(Dataset):
     """Item ``i`` is ``(tensor or None, label, i, error)``; decoding runs in the DataLoader worker."""
 
     def __init__(self, sources: Sequence[ImageSource], labels: torch.Tensor, transform):
@@ -486,8 +486,8 @@ def fit(
         sampler.set_epoch(_resumed_epoch(last))
     gpu = on_gpu(config)  # uint8 images, normalised on the device: see ImageClassifier.on_after_batch_transfer
     if config.from_group is None:
-        train_set = LabeledImages(train[0], train_labels, backbone.spec.transform(image_size, gpu, is_training=True, augment=config.augment))
-        val_set = LabeledImages(val[0], val_labels, backbone.transform(image_size, gpu))
+        train_set = DecodedLabelledImages(train[0], train_labels, backbone.spec.transform(image_size, gpu, is_training=True, augment=config.augment))
+        val_set = DecodedLabelledImages(val[0], val_labels, backbone.transform(image_size, gpu))
     else:
         shape = _group_output_shape(backbone, config.from_group, image_size)
         train_set = GroupOutputs(train[0], train_labels, shape, flip=config.augment == "light", name="train")

@@ -160,7 +160,7 @@ def rebuild_report(run_dir: str | os.PathLike, data: str | None = None, *, split
     with its recorded seed.  With ``data`` (a new test set, say): its ``split``, by default its
     test split if it has one, else all of it.  The summary and learning curves are the run's own.
     """
-    from transferkit.data import Dataset, load_data
+    from transferkit.data import ImageDataset, load_data
     from transferkit.errors import TransferkitError
     from transferkit.report import classification_metrics
     from transferkit.runs import load_run
@@ -179,7 +179,7 @@ def rebuild_report(run_dir: str | os.PathLike, data: str | None = None, *, split
         if data is not None:
             raise
         raise TransferkitError(f"the run was trained on {spec!r}, which cannot be loaded from here ({err}); name the images with --data") from None
-    if not isinstance(dataset, Dataset):
+    if not isinstance(dataset, ImageDataset):
         raise TransferkitError(f"{spec} holds features, not images; a report shows images")
     unknown = sorted(set(dataset.classes) - set(run.classes))
     if unknown:

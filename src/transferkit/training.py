@@ -36,14 +36,14 @@ class TrainResult:
 
 
 def train(data, out: str | Path | None = None, *, resume: bool = False, progress: bool = True, **options) -> TrainResult:
-    """Train a classifier on ``data`` (a DATA string or a loaded Dataset) and save the run.
+    """Train a classifier on ``data`` (a DATA string or a loaded ImageDataset) and save the run.
 
     ``options`` are those of `transferkit train`, by the names of :class:`options.TrainOptions`;
     an option the chosen strategy does not use is refused.  ``out`` is the run folder (default
     ``runs/<data>-<model>-<strategy>``); ``resume`` continues an interrupted end-to-end run from
     its last checkpoint, with the options it recorded.
     """
-    from transferkit.data import Dataset, load_data
+    from transferkit.data import ImageDataset, load_data
 
     if resume and out is not None and (Path(out) / "config.json").is_file():
         opts = _resumed_options(Path(out), options)
@@ -51,11 +51,11 @@ def train(data, out: str | Path | None = None, *, resume: bool = False, progress
         opts = resolve(options)
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         raise TransferkitError(f"--out {out} is a file: a run is a folder; choose another --out")
-    dataset = data if isinstance(data, Dataset) else load_data(
+    dataset = data if isinstance(data, ImageDataset) else load_data(
         str(data), trust_pickle=opts.trust_pickle, val_fraction=opts.val_fraction, seed=opts.seed,
         allow_outside_root=opts.allow_outside_root,
     )
-    if not isinstance(dataset, Dataset):
+    if not isinstance(dataset, ImageDataset):
         return _train_on_bottleneck_features(dataset, opts, out, given=options)
     plan = None
     if opts.strategy == "auto":
