@@ -53,7 +53,7 @@ class TrainOptions:
     # the backbone and its inputs
     pretrained: bool = option(True, "Use random weights instead of pretrained ones.", flag="--no-pretrained")
     weights: str | None = option(None, "Pretrained weights file (safetensors, or a state dict read with weights_only=True).")
-    image_size: int | None = option(None, "Input size (default: the backbone's).", minimum=1)
+    image_size: int | None = option(None, "Input size (default: the backbone's; each network says its minimum).")
     batch_size: int = option(32, "Images per batch (extraction, training and scoring).", minimum=1)
     num_workers: int | None = option(None, "DataLoader workers decoding images (default: from the cores this process may use).", flag="--workers", minimum=0)
     engine: str = option("auto", "auto | torch | onnxruntime: how features are extracted and val/test scored (auto: ONNX Runtime on a CPU for 1,000 images or more).",

@@ -33,7 +33,7 @@ def _cli_parameters() -> list[inspect.Parameter]:
 
 def _given(values: dict) -> dict:
     """What the user typed: flags that are set, values that are not None (``--no-pretrained`` as pretrained=False)."""
-    given = {name: value for name, value in values.items() if value not in (None, False)}
+    given = {name: value for name, value in values.items() if value is not None and value is not False}  # 0 is a value
     if given.pop("pretrained", False):  # the flag is --no-pretrained
         given["pretrained"] = False
     return given
