@@ -104,7 +104,7 @@ def flag(name: str) -> str:
 
 @dataclass(frozen=True)
 class Strategy:
-    """A strategy: what it is, the options it uses beyond the shared ones, and its own defaults."""
+    """A strategy: what it is, every option it uses (the shared ones included), and its own defaults."""
 
     name: str
     kind: str  # "features" (a head on cached features), "end-to-end" (Lightning) or "auto"
