@@ -209,7 +209,7 @@ def resolve(given: Mapping[str, Any], *, chosen_by: str | None = None, warn: Cal
         raise TransferkitError(f"unknown strategy {given['strategy']!r}: use one of {', '.join(STRATEGIES)}")
     unused = sorted(name for name in given if name not in strategy.options)
     if unused and chosen_by is None:
-        raise TransferkitError(_unused_message(strategy, unused, given))
+        raise TransferkitError(_unused_message(strategy, unused))
     if unused and warn is not None:
         warn(f"{chosen_by} chose --strategy {strategy.name}, which does not use " + ", ".join(f"{flag(n)} {given[n]}" for n in unused) + ": ignored")
     given = {name: value for name, value in given.items() if name not in unused}
@@ -223,7 +223,7 @@ def resolve(given: Mapping[str, Any], *, chosen_by: str | None = None, warn: Cal
     return opts
 
 
-def _unused_message(strategy: Strategy, unused: list[str], given: Mapping[str, Any]) -> str:
+def _unused_message(strategy: Strategy, unused: list[str]) -> str:
     users = sorted({s.name for s in STRATEGIES.values() if s.kind != "auto" and all(n in s.options for n in unused)})
     where = f"; it is an option of --strategy {' | '.join(users)}" if users else ""
     names = ", ".join(flag(n) for n in unused)
