@@ -33,12 +33,12 @@ from torchmetrics.classification import MulticlassAccuracy
 from transferkit.backbones import Backbone
 from transferkit.errors import TransferkitError
 from transferkit.heads import head_module
+from transferkit.options import END_TO_END_STRATEGIES, check_value
 from transferkit.options import FIELDS as OPTION_FIELDS
 from transferkit.options import STRATEGIES as STRATEGY_OPTIONS
 from transferkit.schedule import FreezeSchedule
 from transferkit.loader import DecodedImages, ImageSource, share_cores
 
-STRATEGIES = ("frozen", "finetune", "scratch")
 METRICS = ("train_loss", "train_acc", "val_loss", "val_acc")
 QUIET = (  # Lightning advice that does not apply here
     ".*does not have many workers.*",  # small data decodes fine in the main process
@@ -356,16 +356,14 @@ def _labels(split: tuple[Sequence, Sequence[int]], num_classes: int, name: str) 
 
 def _check(c: FitConfig, schedule: FreezeSchedule, name: str) -> None:
     """The options' own checks (as `transferkit train` makes them), then the ones that need the network."""
-    from transferkit.options import check_value
-
-    if c.strategy not in STRATEGIES:
-        raise TransferkitError(f"strategy must be one of {', '.join(STRATEGIES)}, got {c.strategy!r}")
+    if c.strategy not in END_TO_END_STRATEGIES:
+        raise TransferkitError(f"strategy must be one of {', '.join(END_TO_END_STRATEGIES)}, got {c.strategy!r}")
     for f in dataclasses.fields(c):
         if f.name in OPTION_FIELDS and f.name != "unfreeze":
             check_value(f.name, getattr(c, f.name))
-    last_frozen = schedule.first_trained_group - 1
+    last_frozen, unfreeze_problem = schedule.first_trained_group - 1, schedule.check(name)
     for failed, message in (
-        (schedule.check(name) is not None, schedule.check(name)),
+        (unfreeze_problem is not None, unfreeze_problem),
         (c.from_group is not None and not 1 <= c.from_group <= last_frozen,
          f"training on cached outputs of layer group {c.from_group} (of 1..{schedule.n_groups}) needs groups 1..{c.from_group} frozen: "
          + ("strategy frozen" if c.from_group == schedule.n_groups else f"strategy frozen, or finetune with unfreeze at most {schedule.n_groups - (c.from_group or 0)}")),
