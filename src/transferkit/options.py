@@ -176,12 +176,17 @@ def check_value(name: str, value: Any) -> None:
         raise TransferkitError(f"{flag(name)} must be {meta['expected']}, got {value!r}")
 
 
+def value_type(name: str) -> type:
+    """Option ``name``'s type without its ``| None``: int, float, str or bool."""
+    kind = TYPES[name]
+    return next((t for t in typing.get_args(kind) if t is not type(None)), kind)
+
+
 def _coerce(name: str, value: Any) -> Any:
     """Values as their field's type: the command line gives ``--unfreeze 2`` as text, Python may give 2."""
     if value is None:
         return None
-    kind = TYPES[name]
-    base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
+    base = value_type(name)
     if base is str and isinstance(value, (int, float, bytes)) or base is str and hasattr(value, "__fspath__"):
         return str(value)
     if base is float and isinstance(value, int) and not isinstance(value, bool):

@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from transferkit.cli._app import ALLOW_OUTSIDE_ROOT, ENGINE, JSON, TRUST_PICKLE, command, print_json
-from transferkit.options import FIELDS, STRATEGIES, TYPES, TrainOptions, flag
+from transferkit.options import FIELDS, STRATEGIES, TrainOptions, flag, value_type
 
 
 def _cli_parameters() -> list[inspect.Parameter]:
@@ -21,7 +21,7 @@ def _cli_parameters() -> list[inspect.Parameter]:
     params = []
     for name, f in FIELDS.items():
         meta = f.metadata
-        kind = next((t for t in typing.get_args(TYPES[name]) if t is not type(None)), TYPES[name])
+        kind = value_type(name)
         help = meta["help"] + ("" if f.default in (None, False, True) else f" [default: {f.default}]")
         if name == "strategy":
             help += " " + "; ".join(f"{s.name}: {s.summary}" for s in STRATEGIES.values())
