@@ -109,12 +109,19 @@ def run_case(name: str, keep_runs: str | None) -> str:
     summary, plan = metrics.get("summary", {}), metrics.get("plan") or {}
     test_acc = summary.get("test_acc")
     shown = f"`transferkit train {data.relative_to(ROOT)} --time-budget {case.budget}`"
-    chosen = f"{plan.get('chosen', '-')} ({summary.get('strategy', '-')}, {summary.get('model', '-')}, {summary.get('image_size', '-')} px)"
     within = seconds <= TOLERANCE * parse_duration(case.budget)
     met = "failed (exit %d)" % returncode if returncode else ("yes" if test_acc is not None and test_acc >= case.target and within else "no")
     train_images = sum(1 for p in (data / "train").rglob("*") if p.is_file())
-    return (f"| {name} | {train_images} | {case.budget} | {shown} | {chosen} | {_percent(test_acc)} | {_percent(summary.get('val_acc'))} "
+    return (f"| {name} | {train_images} | {case.budget} | {shown} | {_recipe(summary, plan)} | {_percent(test_acc)} | {_percent(summary.get('val_acc'))} "
             f"| {seconds:.0f} | {'yes' if within else 'no'} | >= {case.target:.0%} | {met} | {case.hand_chosen} |")  # fmt: skip
+
+
+def _recipe(summary: dict, plan: dict) -> str:
+    """The plan's choice, the command that reproduces it and the planner's own clock, then what the run trained."""
+    chosen = plan.get("chosen", "-") + (f": `{plan['command']}`" if plan.get("command") else "")
+    if plan.get("spent_s") is not None and plan.get("budget_s") is not None:
+        chosen += f", planner spent {plan['spent_s']:.0f} of {plan['budget_s']:.0f} s"
+    return f"{chosen} ({summary.get('strategy', '-')}, {summary.get('model', '-')}, {summary.get('image_size', '-')} px)"
 
 
 def _percent(value: float | None) -> str:
