@@ -67,6 +67,8 @@ class FitConfig:
     dropout: float = _default("dropout")  # before the new linear head
     label_smoothing: float = _default("label_smoothing")
     augment: str = _default("augment")  # "none" | "light" | "strong"
+    mirror: bool = _default("mirror")  # augment light/strong mirrors at random
+    crop_scale: float | None = _default("crop_scale")  # the least share of the area a random crop keeps (None: the augment's own)
     patience: int | None = _default("patience")  # early stopping on val accuracy
     unfreeze: int | str = _default("unfreeze")  # finetune: layer groups trained after the head phase, from the output end
     backbone_lr_mult: float = _default("backbone_lr_mult")  # unfrozen backbone groups train at lr * this
@@ -82,6 +84,7 @@ class FitConfig:
     num_nodes: int = _default("num_nodes")  # machines, each running `devices` processes (Lightning's DDP)
     distributed: str = _default("distributed")  # Lightning's strategy: "auto" or "ddp" (gloo on CPUs, NCCL on GPUs)
     from_group: int | None = None  # train on cached outputs of this layer group, not on images: see fit
+    time_limit_s: float | None = None  # stop training after this long, the learning rate annealed to it: see ImageClassifier
 
     @classmethod
     def of(cls, options, **extra) -> "FitConfig":
@@ -254,9 +257,23 @@ class ImageClassifier(L.LightningModule):
         # Every group's learning rate from the schedule at (epoch, batch index) alone: a resumed run and
         # a group unfrozen mid-training (by Freezer, at the epoch's start) follow the schedule of an
         # uninterrupted run.  Each group keeps its peak in "peak_lr".
-        factor = self.schedule.lr_factor(self.current_epoch, batch_idx, self.trainer.num_training_batches)
+        factor = self.schedule.lr_factor(self.current_epoch, batch_idx, self.trainer.num_training_batches, self._time_share())
         for group in self.trainer.optimizers[0].param_groups:
             group["lr"] = group.setdefault("peak_lr", group["lr"]) * factor
+
+    def on_train_start(self) -> None:
+        self._started = time.perf_counter()
+
+    def _time_share(self) -> float:
+        """The share of ``config.time_limit_s`` spent since training started (0 without a limit)."""
+        if not self.config.time_limit_s:
+            return 0.0
+        return (time.perf_counter() - self._started) / self.config.time_limit_s
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        # Out of time: Lightning validates, saves the checkpoints and stops after this step.
+        if self._time_share() >= 1.0:
+            self.trainer.should_stop = True
 
     def on_train_epoch_end(self) -> None:
         # After validation and before the checkpoints are saved: each checkpoint holds its epoch's row.
@@ -484,11 +501,12 @@ def fit(
         sampler.set_epoch(_resumed_epoch(last))
     gpu = on_gpu(config)  # uint8 images, normalised on the device: see ImageClassifier.on_after_batch_transfer
     if config.from_group is None:
-        train_set = DecodedLabelledImages(train[0], train_labels, backbone.spec.transform(image_size, gpu, is_training=True, augment=config.augment))
+        train_set = DecodedLabelledImages(train[0], train_labels, backbone.spec.transform(image_size, gpu, is_training=True, augment=config.augment,
+                                                                                                   mirror=config.mirror, crop_scale=config.crop_scale))
         val_set = DecodedLabelledImages(val[0], val_labels, backbone.transform(image_size, gpu))
     else:
         shape = _group_output_shape(backbone, config.from_group, image_size)
-        train_set = GroupOutputs(train[0], train_labels, shape, flip=config.augment == "light", name="train")
+        train_set = GroupOutputs(train[0], train_labels, shape, flip=config.augment == "light" and config.mirror, name="train")
         val_set = GroupOutputs(val[0], val_labels, shape, flip=False, name="val")
     train_loader, val_loader = _loader(train_set, config, sampler, gpu), _loader(val_set, config, None, gpu)
 

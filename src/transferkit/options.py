@@ -33,6 +33,15 @@ def option(default: Any, help: str, *, allowed: tuple | None = None, check: Call
                                             "short": short, "minimum": minimum})  # fmt: skip
 
 
+def _duration_ok(value: Any) -> bool:
+    from transferkit.planner import parse_duration
+
+    try:
+        return parse_duration(value) > 0
+    except TransferkitError:
+        return False
+
+
 def _unfreeze_ok(value: Any) -> bool:
     return value == "all" or (str(value).isdigit() and int(value) >= 1)
 
@@ -41,8 +50,10 @@ def _unfreeze_ok(value: Any) -> bool:
 class TrainOptions:
     """Everything `transferkit train` takes; what a run used is saved as config.json."""
 
-    strategy: str = option("linear", "How to train: a head on cached features (linear, svm, mlp), end to end (frozen, finetune, scratch), or auto (measured advice).",
-                           allowed=("linear", "svm", "mlp", "frozen", "finetune", "scratch", "auto"), short="-s")  # fmt: skip
+    strategy: str = option("auto", "How to train: a head on cached features (linear, svm, mlp), end to end (frozen, finetune, scratch), or auto "
+                           "(the default: the recipe that measures best within --time-budget).", allowed=("linear", "svm", "mlp", "frozen", "finetune", "scratch", "auto"), short="-s")  # fmt: skip
+    time_budget: str | None = option(None, "auto: the whole call's time (probing, training, scoring, writing), such as 90s, 20m or 2h "
+                                     "(default: sized to the data and printed at the start).", check=_duration_ok, expected="a duration such as 90s, 20m, 2h or 1h30m")  # fmt: skip
     model: str = option(DEFAULT_MODEL, "Backbone name (see `transferkit models`).", short="-m")
     # the data
     per_class: int | None = option(None, "Train on N images per class.", minimum=1)
@@ -75,6 +86,10 @@ class TrainOptions:
     label_smoothing: float = option(0.0, "End to end: label smoothing of the training loss.", check=lambda v: 0 <= v < 1, expected="in [0, 1)")
     augment: str = option("light", "End to end: none, light (random crops and mirroring) or strong (+ colour jitter, RandAugment, erasing).",
                           allowed=AUGMENTS)  # fmt: skip
+    mirror: bool = option(True, "End to end, --augment light or strong: do not mirror training images (for classes a mirror image changes: arrows, text, signs).",
+                          flag="--no-mirror")  # fmt: skip
+    crop_scale: float | None = option(None, "End to end on images, --augment light or strong: the least share of an image's area a random crop keeps (1: no cropping; "
+                                      "default 0.35 light, 0.25 strong).", check=lambda v: 0 < v <= 1, expected="in (0, 1]")  # fmt: skip
     patience: int | None = option(None, "End to end: stop after this many epochs without val improvement (best checkpoint kept).", minimum=0)
     # fine-tuning
     unfreeze: str = option("all", "finetune: layer groups to train, counted from the output end, or all.", check=_unfreeze_ok, expected="a number of layer groups (1 or more) or 'all'")
@@ -117,7 +132,7 @@ class Strategy:
 SHARED = frozenset({"strategy", "model", "per_class", "val_fraction", "seed", "trust_pickle", "allow_outside_root", "pretrained", "weights",
                     "image_size", "batch_size", "num_workers", "engine", "cache_dir", "balance"})  # fmt: skip
 HEAD_OPTIONS = SHARED | {"layer", "flip_tta", "quantize"}
-END_TO_END_OPTIONS = SHARED | {"epochs", "lr", "weight_decay", "dropout", "label_smoothing", "augment", "patience", "devices", "num_nodes", "distributed", "precision"}
+END_TO_END_OPTIONS = SHARED | {"epochs", "lr", "weight_decay", "dropout", "label_smoothing", "augment", "mirror", "crop_scale", "patience", "devices", "num_nodes", "distributed", "precision"}
 
 
 def _head_check(opts: TrainOptions) -> None:
@@ -138,6 +153,8 @@ def _finetune_check(opts: TrainOptions) -> None:
         raise TransferkitError(f"--cache-frozen needs a frozen layer group: {opts.model} has {schedule.n_groups}, so --unfreeze at most {schedule.n_groups - 1}")
     if opts.augment == "strong":
         raise TransferkitError("--cache-frozen augments the cached feature maps (mirroring, with --augment light): use --augment light or none")
+    if opts.crop_scale is not None:
+        raise TransferkitError("--cache-frozen trains on cached feature maps, which are not cropped: drop --crop-scale")
 
 
 def _scratch_check(opts: TrainOptions) -> None:
@@ -155,7 +172,7 @@ STRATEGIES: dict[str, Strategy] = {
         Strategy("finetune", "end-to-end", "the head, then the last layer groups at a lower learning rate",
                  END_TO_END_OPTIONS | {"unfreeze", "backbone_lr_mult", "head_epochs", "gradual", "cache_frozen"}, {"dropout": 0.2}, _finetune_check),
         Strategy("scratch", "end-to-end", "the same network with random weights", END_TO_END_OPTIONS - {"weights"}, {"dropout": 0.2, "pretrained": False}, _scratch_check),
-        Strategy("auto", "auto", "measured advice picks one of the others", frozenset(FIELDS)),
+        Strategy("auto", "auto", "the recipe that measures best on this data within --time-budget", frozenset(FIELDS)),
     )
 }  # fmt: skip
 FEATURE_STRATEGIES = tuple(name for name, s in STRATEGIES.items() if s.kind == "features")

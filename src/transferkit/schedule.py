@@ -70,10 +70,12 @@ class FreezeSchedule:
         """Peak learning rate of a trained layer group (the head's is ``lr``)."""
         return self.lr if self.strategy == "scratch" else self.lr * self.backbone_lr_mult
 
-    def lr_factor(self, epoch: int, batch: int, batches_per_epoch: int) -> float:
+    def lr_factor(self, epoch: int, batch: int, batches_per_epoch: int, time_share: float = 0.0) -> float:
         """Every group's share of its peak rate at a step: a cosine over the steps of all epochs, to
-        near zero at the last (which a short run needs), from (epoch, batch) alone."""
-        done = (epoch + batch / max(1, batches_per_epoch)) / self.epochs
+        near zero at the last (which a short run needs), from (epoch, batch) alone; or, where
+        ``time_share`` (of a time limit spent) is further along, over the time: a run slower than
+        planned anneals by its deadline instead of stopping at a high rate."""
+        done = max((epoch + batch / max(1, batches_per_epoch)) / self.epochs, min(1.0, time_share))
         return 0.5 * (1 + math.cos(math.pi * done))
 
     def check(self, name: str) -> str | None:

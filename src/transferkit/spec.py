@@ -86,7 +86,8 @@ class BackboneSpec:
         """The evaluation resize for a ``size`` px crop: the spec's crop ratio kept."""
         return round(size / self.crop_pct)
 
-    def transform(self, image_size: int | None = None, uint8: bool = False, *, is_training: bool = False, augment: str = "light") -> v2.Compose:
+    def transform(self, image_size: int | None = None, uint8: bool = False, *, is_training: bool = False, augment: str = "light", mirror: bool = True,
+                  crop_scale: float | None = None) -> v2.Compose:  # fmt: skip
         """Preprocessing for ``image_size`` px (default: the spec's): evaluation (resize, centre
         crop), or with ``is_training`` the ``augment`` pipeline; see :func:`create_transform`.
 
@@ -96,7 +97,7 @@ class BackboneSpec:
         size = self.check_image_size(image_size)
         return create_transform(
             size, resize_size=self.resize_for(size), interpolation=self.interpolation, mean=self.mean, std=self.std,
-            is_training=is_training, augment=augment, uint8=uint8,
+            is_training=is_training, augment=augment, mirror=mirror, crop_scale=crop_scale, uint8=uint8,
         )  # fmt: skip
 
     def scaling(self) -> list:

@@ -27,13 +27,16 @@ def create_transform(
     std: Sequence[float],
     is_training: bool = False,
     augment: str = "light",
+    mirror: bool = True,
+    crop_scale: float | None = None,
     uint8: bool = False,
 ) -> v2.Compose:
     """The preprocessing pipeline for images of ``input_size`` px.
 
     Evaluation: shorter side to ``resize_size`` (see :class:`UpscaleWithoutBorderLoss`), centre
-    crop.  Training: random resized crops and flips ("light"), plus colour jitter, RandAugment
-    and erasing ("strong"); "none" is the evaluation pipeline.  Both scale to [0, 1] and
+    crop.  Training: random resized crops keeping at least ``crop_scale`` of the area (default
+    0.35; 1: the evaluation pipeline's crop) and, with ``mirror``, flips ("light"), plus colour
+    jitter, RandAugment and erasing ("strong", crops from 0.25); "none" is the evaluation pipeline.  Both scale to [0, 1] and
     normalise, unless ``uint8``: then they stop before that, for the device to finish.
     """
     if augment not in AUGMENTS:
@@ -41,7 +44,13 @@ def create_transform(
     mode = InterpolationMode(interpolation)
     if is_training and augment != "none":
         strong = augment == "strong"
-        ops = [v2.ToImage(), v2.RandomResizedCrop(input_size, scale=(0.25 if strong else 0.35, 1.0), interpolation=mode, antialias=True), v2.RandomHorizontalFlip()]
+        scale = crop_scale if crop_scale is not None else (0.25 if strong else 0.35)
+        if scale < 1.0:
+            ops = [v2.ToImage(), v2.RandomResizedCrop(input_size, scale=(scale, 1.0), interpolation=mode, antialias=True)]
+        else:  # no cropping: the evaluation pipeline's view of each image
+            ops = [v2.ToImage(), UpscaleWithoutBorderLoss(resize_size, input_size, mode), v2.CenterCrop(input_size)]
+        if mirror:
+            ops.append(v2.RandomHorizontalFlip())
         if strong:  # erased patches get the mean colour, which normalises to zero
             mean_pixel = [round(255 * m) for m in mean]
             # RandAugment's rotations and shears run on tensors, which take only nearest or bilinear:
