@@ -139,7 +139,7 @@ def synthetic_rate(workload: Workload) -> float:
 
 
 def test_cost_model_prices_each_strategy_from_the_rates():
-    model = CostModel(synthetic_rate, overhead_s=0.0, head_fit_s_per_image=0.0)
+    model = CostModel(synthetic_rate, overhead_s=0.0, overhead_s_per_image=0.0, head_fit_s_per_image=0.0)
     sizes = DataSizes(train=1000, val=200, test=300)
     linear = model.cost(resolve({"strategy": "linear"}), sizes)
     assert linear == pytest.approx(1500 / 100)
@@ -153,9 +153,9 @@ def test_cost_model_prices_each_strategy_from_the_rates():
     head_first = model.cost(resolve({"strategy": "finetune", "epochs": 3, "head_epochs": 1}), sizes)
     assert head_first == pytest.approx(1000 / 100 + 2 * 1000 / 10 + 3 * 200 / 100 + 300 / 100)
     # decoding: without workers it adds to every image from files; with enough workers it hides behind the network
-    slow_decode = CostModel(synthetic_rate, decode_s=0.02, overhead_s=0.0, head_fit_s_per_image=0.0)
+    slow_decode = CostModel(synthetic_rate, decode_s=0.02, overhead_s=0.0, overhead_s_per_image=0.0, head_fit_s_per_image=0.0)
     assert slow_decode.cost(resolve({"strategy": "linear"}), sizes) == pytest.approx(1500 * (0.01 + 0.02))
-    hidden = CostModel(synthetic_rate, decode_s=0.02, workers=2, overhead_s=0.0, head_fit_s_per_image=0.0)
+    hidden = CostModel(synthetic_rate, decode_s=0.02, workers=2, overhead_s=0.0, overhead_s_per_image=0.0, head_fit_s_per_image=0.0)
     assert hidden.cost(resolve({"strategy": "linear"}), sizes) == pytest.approx(linear)
 
 

@@ -105,9 +105,9 @@ def test_layer_features_are_the_backbones_own():
 
 
 def test_random_crops_are_the_same_every_time(pixels):
-    from transferkit.probes import _views
+    from transferkit.probes import views
 
-    view = _views(pixels.spec, 16, (0.5,))["crop0.5"]
+    view = views(pixels.spec, 16, (0.5,))["crop0.5"]
     images = generated("shapes", 8, 0).samples
     first = layer_features(pixels, images, view, ["penultimate"], num_workers=0, seed=1)["penultimate"]
     again = layer_features(pixels, images, view, ["penultimate"], num_workers=0, seed=1)["penultimate"]

@@ -30,11 +30,15 @@ from transferkit.throughput import Workload
 # Estimated costs are multiplied by this before they are held against the budget: the issue's
 # bound is the budget plus 5%, and a cost model from a few seconds of benchmark is rougher than that.
 SAFETY = 1.15
-OVERHEAD_S = 10.0  # building the network, loading the data's listing, writing the run and its plots
+# Building the network and writing the run (weights, reports with thumbnails of the scored
+# images, plots): CIFAR-10's 60,000 images took about 90 s beyond extraction, training and
+# scoring; a 320-image run, half a second.
+OVERHEAD_S, OVERHEAD_S_PER_IMAGE = 2.0, 1.5e-3
 # A head's fit on cached features per training image: LinearHead on CIFAR-10's 49,000 x 1280
 # features took 55 s with its choice of C and about 30 s more for the learning curve (BENCHMARKS.md,
 # linear_threads), 1.7 ms an image.  A probe that times the fit on the data replaces it.
 HEAD_FIT_S_PER_IMAGE = 1.7e-3
+PLANNER_OPTIONS = {"time_budget"}  # the planner's own: no recipe uses them
 LARGE_PER_CLASS = 1000  # images per class from which training from scratch is worth a candidate (advise's threshold)
 
 _UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0}
@@ -98,7 +102,7 @@ def with_user_options(searched: Iterable[Mapping[str, Any]], given: Mapping[str,
     one whose strategy does not use an option the user set, or one that :func:`options.resolve` or
     the network refuses with the user's values (an input size it cannot take), is dropped; recipes that the user's values make equal merge.
     """
-    fixed = {name: value for name, value in given.items() if value is not None and not (name == "strategy" and value == "auto")}
+    fixed = {name: value for name, value in given.items() if value is not None and name not in PLANNER_OPTIONS and not (name == "strategy" and value == "auto")}
     unknown = sorted(set(fixed) - set(FIELDS))
     if unknown:
         raise TypeError(f"unknown training option(s) {', '.join(unknown)}")
@@ -207,6 +211,7 @@ class CostModel:
     decode_s: float = 0.0
     workers: int = 0
     overhead_s: float = OVERHEAD_S
+    overhead_s_per_image: float = OVERHEAD_S_PER_IMAGE
     head_fit_s_per_image: float = HEAD_FIT_S_PER_IMAGE
 
     def seconds(self, n: int, workload: Workload) -> float:
@@ -219,17 +224,27 @@ class CostModel:
         per_image = max(network, self.decode_s / self.workers) if self.workers else network + self.decode_s
         return n * per_image
 
+    def scored(self, n: int, opts: TrainOptions, size: int) -> float:
+        """``n`` images through the network without gradients, as extraction and scoring run them:
+        on ONNX Runtime where ``--engine`` resolves to it for ``n`` images (a CPU, 1,000 or more)."""
+        from transferkit.engines import resolve_engine
+
+        return self.seconds(n, Workload(opts.model, size, opts.batch_size, engine=resolve_engine(opts.engine, n)))
+
+    def overhead(self, sizes: DataSizes) -> float:
+        return self.overhead_s + self.overhead_s_per_image * (sizes.train + sizes.val + sizes.test)
+
     def cost(self, opts: TrainOptions, sizes: DataSizes) -> float:
         from transferkit.registry import get_spec
 
         spec = get_spec(opts.model)
         size = spec.check_image_size(opts.image_size)
         forward = Workload(opts.model, size, opts.batch_size)
-        scored = sizes.val + sizes.test
         kind = STRATEGIES[opts.strategy].kind
         if kind == "features":
             passes = 2 if opts.flip_tta else 1  # the mirror image's forward too
-            return self.overhead_s + passes * self.seconds(sizes.train + scored, forward) + self.head_fit_s_per_image * sizes.train
+            extraction = sum(self.scored(n, opts, size) for n in (sizes.train, sizes.val, sizes.test))
+            return self.overhead(sizes) + passes * extraction + self.head_fit_s_per_image * sizes.train
         if kind != "end-to-end":
             raise TransferkitError(f"--strategy {opts.strategy} has no cost of its own: price the recipe it picks")
         n_groups = len(spec.layer_groups)
@@ -242,29 +257,43 @@ class CostModel:
         body_epochs = opts.epochs - head_epochs
         if opts.strategy == "finetune" and opts.cache_frozen:
             from_group = n_groups - int(trained) if trained != "all" else 0
-            once = self.seconds(sizes.train + sizes.val, forward)  # the frozen groups, once (priced as the whole forward: an upper bound)
+            once = self.scored(sizes.train, opts, size) + self.scored(sizes.val, opts, size)  # the frozen groups, once (priced as the whole forward: an upper bound)
             step = Workload(opts.model, size, opts.batch_size, trained, from_group)
             val_pass = Workload(opts.model, size, opts.batch_size, 0, from_group)
             head_phase = head_epochs * self.seconds(sizes.train, val_pass)  # the head alone, on the cached output too
-            return (self.overhead_s + once + body_epochs * self.seconds(sizes.train, step) + head_phase
-                    + opts.epochs * self.seconds(sizes.val, val_pass) + self.seconds(sizes.test, forward))  # fmt: skip
+            return (self.overhead(sizes) + once + body_epochs * self.seconds(sizes.train, step) + head_phase
+                    + opts.epochs * self.seconds(sizes.val, val_pass) + self.scored(sizes.test, opts, size))  # fmt: skip
         step = Workload(opts.model, size, opts.batch_size, trained)
         body = body_epochs * self.seconds(sizes.train, step) if trained else 0.0
-        return self.overhead_s + head_phase + body + opts.epochs * self.seconds(sizes.val, forward) + self.seconds(sizes.test, forward)
+        return self.overhead(sizes) + head_phase + body + opts.epochs * self.seconds(sizes.val, forward) + self.scored(sizes.test, opts, size)
 
 
 # ---------------------------------------------------------------------------------------------
 # Expected accuracy
 
 
-def extrapolate_accuracy(train_sizes: Sequence[int], accuracies: Sequence[float], n: int) -> float:
+def learning_curve_exponent(train_sizes: Sequence[int], accuracies: Sequence[float]) -> float | None:
+    """``b`` of the power law ``err = a * size^-b`` fitted to a learning curve (least squares in
+    log-log, held in [0, 1]); None with fewer than two sizes."""
+    import numpy as np
+
+    sizes = np.asarray(train_sizes, dtype=float)
+    if len(np.unique(sizes)) < 2:
+        return None
+    errors = np.maximum(1.0 - np.clip(np.asarray(accuracies, dtype=float), 0.0, 1.0), 1e-4)
+    slope, _ = np.polyfit(np.log(sizes), np.log(errors), 1)
+    return float(np.clip(-slope, 0.0, 1.0))
+
+
+def extrapolate_accuracy(train_sizes: Sequence[int], accuracies: Sequence[float], n: int, exponent: float | None = None) -> float:
     """Accuracy at ``n`` training images from a learning curve measured at ``train_sizes``.
 
     The error is fitted as a power law of the training size, ``err = a * size^-b`` (a straight
     line in log-log, by least squares; the shape learning curves take, Hestness et al. 2017),
-    with ``b`` held in [0, 1]; the answer is never below the best measured accuracy (more data
-    does not hurt a probe) and never above 1.  One point, or ``n`` within the measured sizes,
-    gives the measured figure.
+    with ``b`` held in [0, 1], or ``exponent`` where given (one pooled from several curves); the
+    answer is never below the best measured accuracy (more data does not hurt a probe) and never
+    above 1.  One point (without ``exponent``), or ``n`` within the measured sizes, gives the
+    measured figure.
     """
     if len(train_sizes) != len(accuracies) or not train_sizes:
         raise ValueError(f"a learning curve needs as many sizes as accuracies, at least one; got {len(train_sizes)} and {len(accuracies)}")
@@ -273,10 +302,9 @@ def extrapolate_accuracy(train_sizes: Sequence[int], accuracies: Sequence[float]
     order = np.argsort(np.asarray(train_sizes, dtype=float), kind="stable")
     sizes = np.asarray(train_sizes, dtype=float)[order]
     acc = np.clip(np.asarray(accuracies, dtype=float)[order], 0.0, 1.0)
-    if n <= sizes[-1] or len(np.unique(sizes)) < 2:
+    b = learning_curve_exponent(sizes, acc) if exponent is None else float(exponent)
+    if n <= sizes[-1] or b is None:
         return float(np.interp(n, sizes, acc))
-    slope, _ = np.polyfit(np.log(sizes), np.log(np.maximum(1.0 - acc, 1e-4)), 1)
-    b = float(np.clip(-slope, 0.0, 1.0))
     # anchored at the largest measured size: the fit's offset cannot move the point measured on the most data
     predicted = 1.0 - max(1.0 - acc[-1], 1e-4) * (n / sizes[-1]) ** -b
     return float(min(1.0, max(acc.max(), predicted)))
@@ -294,6 +322,7 @@ class Candidate:
     cost_s: float
     accuracy: float
     evidence: str = ""  # where the accuracy figure comes from, for the report
+    time_limit_s: float | None = None  # end to end: the training's share of the cost, held as a time limit
 
     @property
     def name(self) -> str:
@@ -308,6 +337,7 @@ class Plan:
     fits: bool  # whether the chosen recipe fits what is left of the budget
     candidates: list[Candidate] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    safety: float = SAFETY  # what each cost was multiplied by before it was held against the budget
 
     @property
     def left_s(self) -> float:
@@ -317,7 +347,7 @@ class Plan:
         """The cost table for the run's report: every candidate, most accurate first."""
         order = sorted(self.candidates, key=lambda c: (-c.accuracy, c.cost_s))
         return [{"recipe": c.name, "expected_accuracy": round(c.accuracy, 4), "cost_s": round(c.cost_s, 1),
-                 "fits": c.cost_s * SAFETY <= self.left_s, "chosen": c is self.chosen, "evidence": c.evidence} for c in order]  # fmt: skip
+                 "fits": c.cost_s * self.safety <= self.left_s, "chosen": c is self.chosen, "evidence": c.evidence} for c in order]  # fmt: skip
 
     def command(self, data: str) -> str:
         """The `train` command that reproduces the chosen recipe without the planner."""
@@ -343,7 +373,7 @@ def choose(candidates: Sequence[Candidate], budget_s: float, *, spent_s: float =
                      f"needs about {format_duration(chosen.cost_s * safety)}; give --time-budget {format_duration(spent_s + chosen.cost_s * safety)} or more")  # fmt: skip
     if best_overall.accuracy > chosen.accuracy:
         notes.append(f"with --time-budget {format_duration(spent_s + best_overall.cost_s * safety)}: {best_overall.name}, expected {best_overall.accuracy:.1%}")
-    return Plan(chosen, budget_s, spent_s, bool(fitting), list(candidates), notes)
+    return Plan(chosen, budget_s, spent_s, bool(fitting), list(candidates), notes, safety)
 
 
 def shortlist(candidates: Sequence[Candidate], budget_s: float, k: int, *, safety: float = SAFETY) -> list[Candidate]:

@@ -106,12 +106,13 @@ class Workload:
     batch_size: int = 32
     trained: int | str = 0
     from_group: int = 0  # 0: from images
+    engine: str = "torch"  # a forward pass from images: "onnxruntime" where extraction and scoring use it (engines.resolve_engine)
 
     @property
     def key(self) -> str:
         source = f"from group{self.from_group}" if self.from_group else "from images"
         work = "forward" if self.trained == 0 else f"train {self.trained} groups"
-        return f"{self.model}@{self.image_size} bs{self.batch_size} {work} {source}"
+        return f"{self.model}@{self.image_size} bs{self.batch_size} {work} {source}" + ("" if self.engine == "torch" else f" {self.engine}")
 
 
 def measure(workload: Workload, *, seconds: float = MEASURE_SECONDS) -> float:
@@ -140,7 +141,21 @@ def measure(workload: Workload, *, seconds: float = MEASURE_SECONDS) -> float:
     def forward(x: torch.Tensor) -> torch.Tensor:
         return backbone.forward_from(x, workload.from_group, size) if workload.from_group else backbone(x)
 
-    if trained:
+    if workload.engine == "onnxruntime":
+        if trained or workload.from_group or device.type != "cpu":
+            raise TransferkitError("ONNX Runtime runs forward passes from images on the CPU: measure other workloads with engine='torch'")
+        import tempfile
+        from pathlib import Path
+
+        from transferkit.engines import LayerFeatures, OnnxEngine
+
+        with tempfile.TemporaryDirectory(prefix="transferkit-throughput-") as folder:
+            engine = OnnxEngine(LayerFeatures(backbone.to(memory_format=torch.contiguous_format), "penultimate"), size, Path(folder) / "network.onnx")
+        images = images.contiguous()
+
+        def step() -> None:
+            engine(images)
+    elif trained:
         backbone.requires_grad_(False)
         for group in backbone.layer_groups()[n_groups - trained :]:
             for module in group:
