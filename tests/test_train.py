@@ -285,33 +285,23 @@ def test_a_weights_file_is_used_or_refused_for_a_backbone_without_pretrained_wei
     assert torch.equal(result.run.model.backbone.body.state_dict()["features.0.weight"], trained.body.state_dict()["features.0.weight"])
 
 
-def test_auto_keeps_what_the_user_set_and_fills_the_rest(tmp_path, colours, monkeypatch):
-    """The advice's options fill only what the user left unset; a user option the chosen strategy
-    does not use is a one-line warning, not silently recorded."""
-    import importlib
-
-    advise_module = importlib.import_module("transferkit.advice")
-
-    class Advice:
-        train_options = {"model": "resnet18", "strategy": "linear", "layer": "stage3", "image_size": 64, "balance": "weights"}
-
-    seen = {}
-
-    def fake_advise(dataset, **kwargs):
-        seen.update(kwargs)
-        return Advice()
-
-    monkeypatch.setattr(advise_module, "advise", fake_advise)
+def test_auto_keeps_what_the_user_set_and_searches_the_rest(tmp_path, colours):
+    """The planner lays the user's options over every recipe: --epochs rules out the heads that
+    take no epochs, the user's weights are the network probed and trained, and config.json
+    records the chosen strategy's options only."""
     weights = tmp_path / "r18.safetensors"
     from safetensors.torch import save_file
 
     save_file(network_state(build_backbone("resnet18", pretrained=False, seed=3)), weights)
-    with pytest.warns(UserWarning, match="--strategy auto chose --strategy linear, which does not use --epochs 3: ignored"):
-        train(colours, tmp_path / "run", progress=False, strategy="auto", model="resnet18", weights=str(weights), image_size=32, batch_size=8, epochs=3)
+    result = train(colours, tmp_path / "run", progress=False, model="resnet18", weights=str(weights), image_size=32, batch_size=8, epochs=3,
+                   time_budget="60s", cache_dir=str(tmp_path / "cache"))  # fmt: skip
     config = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert seen["weights"] == str(weights)  # the probe network is the user's
-    assert (config["strategy"], config["layer"], config["image_size"], config["balance"], config["weights"]) == ("linear", "stage3", 32, "weights", str(weights))
-    assert "epochs" not in config and "lr" not in config  # what the strategy did not use is not recorded
+    assert config["strategy"] in ("mlp", "frozen", "finetune", "scratch")  # the strategies that take --epochs
+    assert (config["model"], config["weights"], config["image_size"], config["batch_size"], config["epochs"]) == ("resnet18", str(weights), 32, 8, 3)
+    assert "time_budget" not in config  # the planner's own option: the run's recipe does not use it
+    plan = json.loads((tmp_path / "run" / "metrics.json").read_text())["plan"]
+    assert all("--epochs 3" in row["recipe"] and "--weights" in row["recipe"] for row in plan["candidates"])
+    assert result.metrics["summary"]["planned_by"] == "auto"
 
 
 def test_resume_refuses_options_that_differ_from_the_run(tmp_path, colours):

@@ -45,6 +45,7 @@ def train(data, out: str | Path | None = None, *, resume: bool = False, progress
     """
     from transferkit.data import ImageDataset, load_data
 
+    started = time.monotonic()  # --time-budget counts from here
     if resume and out is not None and (Path(out) / "config.json").is_file():
         opts = _resumed_options(Path(out), options)
     else:
@@ -57,9 +58,12 @@ def train(data, out: str | Path | None = None, *, resume: bool = False, progress
     )
     if not isinstance(dataset, ImageDataset):
         return _train_on_bottleneck_features(dataset, opts, out, given=options)
-    plan = None
+    plan, time_limit = None, None
     if opts.strategy == "auto":
-        opts, plan = _advised_options(dataset, options, opts, progress)
+        from transferkit.auto import plan as plan_run
+
+        planned = plan_run(dataset, options, started=started, progress=progress)
+        opts, plan, time_limit = planned.options, planned.record, planned.time_limit_s
     train_set = dataset.train.per_class(opts.per_class, seed=opts.seed) if opts.per_class else dataset.train
     missing = set(range(len(dataset.classes))) - set(np.unique(train_set.labels).tolist())
     if missing:
@@ -75,25 +79,11 @@ def train(data, out: str | Path | None = None, *, resume: bool = False, progress
         model, history, timings, scored = _train_head(dataset, train_set, opts, progress)
     else:
         try:
-            model, history, timings = _train_end_to_end(dataset, train_set, opts, run_dir, resume, progress)
+            model, history, timings = _train_end_to_end(dataset, train_set, opts, run_dir, resume, progress, time_limit)
         except _NotRankZero:  # DDP: rank 0 evaluates and writes the run; the other processes are done
             return TrainResult(run_dir, {"summary": {}}, None)
         scored = {}
-    return _finish(run_dir, dataset, train_set, model, history, timings, scored, opts, progress, plan)
-
-
-def _advised_options(dataset, given: dict, opts: TrainOptions, progress: bool) -> tuple[TrainOptions, dict]:
-    """``auto``: the advice's strategy and settings for what the user left unset, the user's own
-    kept; and the advice, for the report."""
-    from transferkit.advice import advise
-
-    advice = advise(dataset, model=opts.model, weights=opts.weights, pretrained=opts.pretrained, trust_pickle=opts.trust_pickle,
-                    cache_dir=opts.cache_dir, seed=opts.seed, progress=progress)  # fmt: skip
-    chosen = {**advice.train_options, **{k: v for k, v in given.items() if k != "strategy"}}
-    resolved = resolve(chosen, chosen_by="--strategy auto", warn=lambda line: warnings.warn(line, stacklevel=3))
-    plan = {"case": getattr(advice, "case", None), "reasons": getattr(advice, "reasons", []), "evidence": getattr(advice, "evidence", {}),
-            "advised": advice.train_options, "set by you": {k: v for k, v in given.items() if k != "strategy"}}  # fmt: skip
-    return resolved, plan
+    return _finish(run_dir, dataset, train_set, model, history, timings, scored, opts, progress, plan, started)
 
 
 def _head(opts: TrainOptions):
@@ -208,7 +198,7 @@ def _stratified_rows(y: np.ndarray, share: float, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(rows))
 
 
-def _train_end_to_end(dataset, train_set, opts: TrainOptions, run_dir: Path, resume: bool, progress: bool):
+def _train_end_to_end(dataset, train_set, opts: TrainOptions, run_dir: Path, resume: bool, progress: bool, time_limit_s: float | None = None):
     from transferkit.finetune import FitConfig, fit
     from transferkit.runs import TrainedModel
     from transferkit.schedule import FreezeSchedule
@@ -224,7 +214,7 @@ def _train_end_to_end(dataset, train_set, opts: TrainOptions, run_dir: Path, res
         inputs = {split: entry.usable_rows() for split, entry in outputs.items()}
         cached, skipped = all(entry.hit for entry in outputs.values()), len(outputs["train"].failures)
         extract_seconds = time.perf_counter() - started
-    config = FitConfig.of(opts, from_group=from_group)
+    config = FitConfig.of(opts, from_group=from_group, time_limit_s=time_limit_s)
     result = fit(backbone, inputs["train"], inputs["val"], len(dataset.classes), config, run_dir, resume=resume, progress=progress)
     trained = result.model
     if result.global_rank != 0:
@@ -242,9 +232,11 @@ def _train_end_to_end(dataset, train_set, opts: TrainOptions, run_dir: Path, res
     return TrainedModel(trained, trained.classifier, result.head_layout, "penultimate"), result.history, timings
 
 
-def _finish(run_dir: Path, dataset, train_set, model, history, timings, scored, opts: TrainOptions, progress: bool, plan: dict | None = None) -> TrainResult:
+def _finish(run_dir: Path, dataset, train_set, model, history, timings, scored, opts: TrainOptions, progress: bool, plan: dict | None = None,
+            started: float | None = None) -> TrainResult:  # fmt: skip
     """Score val and test (unless ``scored`` has them: (samples, labels, probabilities) per split),
-    save model, metrics, plots, reports (``plan``: how auto chose the options, for the report)."""
+    save model, metrics, plots, reports (``plan``: how auto chose the options, for the report;
+    ``started``: when the call began, for the wall time)."""
     from transferkit.html_report import write_html_report
     from transferkit.report import classification_metrics, plot_confusion, plot_curves, write_report
     from transferkit.runs import MODEL_META, Run, load_run, save_model, write_json
@@ -276,7 +268,11 @@ def _finish(run_dir: Path, dataset, train_set, model, history, timings, scored, 
         **{k: v for k, v in timings.items() if v is not None},
         "params": params,
     }
-    write_json(run_dir / "metrics.json", {"summary": summary, **metrics, "history": history})
+    if plan is not None:
+        summary["planned_by"] = "auto"
+    if started is not None:
+        summary["wall_seconds"] = round(time.monotonic() - started, 1)  # up to here: the reports and model.json follow in a second
+    write_json(run_dir / "metrics.json", {"summary": summary, **metrics, "history": history, **({"plan": plan} if plan else {})})
     if history:
         x = "epoch" if "epoch" in history[0] else "train_images"
         plot_curves(history, run_dir / "curves.png", x, f"{opts.model} / {opts.strategy}")

@@ -19,6 +19,7 @@ def advise(
     seed: int = typer.Option(0, "--seed"),
     trust_pickle: bool = TRUST_PICKLE,
     allow_outside_root: bool = ALLOW_OUTSIDE_ROOT,
+    time_budget: str = typer.Option(None, "--time-budget", help="The planner's dry run: what `train --time-budget` would measure and train, without training."),
     as_json: bool = JSON,
 ) -> None:
     """Measure DATA and recommend a strategy, layer, image size and regularisation."""
@@ -26,10 +27,16 @@ def advise(
 
     advice = run_advise(
         data, model=model, weights=weights, pretrained=not no_pretrained, sample_per_class=sample_per_class, cache_dir=cache_dir, seed=seed, progress=not as_json,
-        trust_pickle=trust_pickle, allow_outside_root=allow_outside_root,
+        trust_pickle=trust_pickle, allow_outside_root=allow_outside_root, time_budget=time_budget,
     )
     if as_json:
         print_json(advice.to_dict())
+        return
+    if time_budget is not None:
+        typer.echo(f"plan within {time_budget}: {advice.case.replace('-', ', ')} to ImageNet")
+        for reason in advice.reasons:
+            typer.echo(f"  - {reason}")
+        typer.echo(f"run: {advice.command}")
         return
     typer.echo(f"case: {advice.case.replace('-', ', ')} to ImageNet")
     for reason in advice.reasons:
