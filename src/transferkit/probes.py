@@ -41,6 +41,20 @@ def linear_probe(X: np.ndarray, y: np.ndarray, *, seed: int = 0, c_grid: Sequenc
     """A standardised logistic regression fitted on ``X, y``, its C the best of ``c_grid`` by
     stratified cross-validation (3 folds, fewer for small classes); returns (pipeline, CV accuracy)."""
     from sklearn.linear_model import LogisticRegression
+
+    return _cross_validated(X, y, lambda c: LogisticRegression(C=c, max_iter=1000), c_grid, seed)
+
+
+def rbf_probe(X: np.ndarray, y: np.ndarray, *, seed: int = 0, c_grid: Sequence[float] = (1.0, 10.0)):
+    """:func:`linear_probe` with a standardised RBF SVM (``gamma="scale"``): raw pixels of small,
+    centred images (digits) are separated by it where a linear model falls short."""
+    from sklearn.svm import SVC
+
+    return _cross_validated(X, y, lambda c: SVC(C=c), c_grid, seed)
+
+
+def _cross_validated(X: np.ndarray, y: np.ndarray, model, c_grid: Sequence[float], seed: int):
+    """``StandardScaler`` + ``model(C)`` for the best C of ``c_grid`` by stratified CV, fitted on all of ``X, y``: (pipeline, CV accuracy)."""
     from sklearn.model_selection import StratifiedKFold, cross_val_score
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -49,16 +63,12 @@ def linear_probe(X: np.ndarray, y: np.ndarray, *, seed: int = 0, c_grid: Sequenc
     counts = np.bincount(y)
     folds = int(min(3, counts[counts > 0].min()))
     if folds < 2 or len(np.flatnonzero(counts)) < 2:
-        raise TransferkitError("a linear probe needs at least 2 classes with at least 2 images each: give more images per class")
-
-    def pipeline(c: float):
-        return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=1000))
-
+        raise TransferkitError("a probe needs at least 2 classes with at least 2 images each: give more images per class")
     cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
     with one_blas_thread():
-        scores = {c: float(cross_val_score(pipeline(c), X, y, cv=cv).mean()) for c in c_grid}
+        scores = {c: float(cross_val_score(make_pipeline(StandardScaler(), model(c)), X, y, cv=cv).mean()) for c in c_grid}
         best = max(scores, key=scores.get)
-        return pipeline(best).fit(X, y), scores[best]
+        return make_pipeline(StandardScaler(), model(best)).fit(X, y), scores[best]
 
 
 def one_blas_thread():
@@ -67,26 +77,6 @@ def one_blas_thread():
     from threadpoolctl import threadpool_limits
 
     return threadpool_limits(1)
-
-
-def rbf_probe(X: np.ndarray, y: np.ndarray, *, seed: int = 0, c_grid: Sequence[float] = (1.0, 10.0)):
-    """:func:`linear_probe` with a standardised RBF SVM (``gamma="scale"``): raw pixels of small,
-    centred images (digits) are separated by it where a linear model falls short."""
-    from sklearn.model_selection import StratifiedKFold, cross_val_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-    from sklearn.svm import SVC
-
-    y = np.asarray(y)
-    counts = np.bincount(y)
-    folds = int(min(3, counts[counts > 0].min()))
-    if folds < 2 or len(np.flatnonzero(counts)) < 2:
-        raise TransferkitError("an SVM probe needs at least 2 classes with at least 2 images each: give more images per class")
-    cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
-    with one_blas_thread():
-        scores = {c: float(cross_val_score(make_pipeline(StandardScaler(), SVC(C=c)), X, y, cv=cv).mean()) for c in c_grid}
-        best = max(scores, key=scores.get)
-        return make_pipeline(StandardScaler(), SVC(C=best)).fit(X, y), scores[best]
 
 
 def learning_curve(X: np.ndarray, y: np.ndarray, *, shares: Sequence[float] = (0.25, 0.5, 1.0), seed: int = 0, probe=linear_probe) -> tuple[list[int], list[float]]:
