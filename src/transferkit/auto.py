@@ -9,10 +9,10 @@ of the validation images, a run measures:
 2. **heads on features**: a linear probe's learning curve at each input size, extrapolated to
    the full training set (:func:`planner.extrapolate_accuracy`); raw pixels with a linear model and
    an RBF SVM, the baselines a network must beat;
-3. **end-to-end training**: each fine-tuning recipe trained on the sample itself and scored on
-   the validation sample beside the linear probe on the same images.  Its error over the probe's
-   is carried to the full set: a recipe that halves the probe's error on the sample is expected
-   to halve it on all the data, at every size (the linear curves carry the size);
+3. **end-to-end training**: the last layer groups fine-tuned on cached inputs at the probe size,
+   and the whole network at the smallest size, each trained on half the sample and on all of it
+   and scored on the validation sample: their learning curves (one exponent, shared) extended to
+   all the training images; at other sizes the error scales as the linear head's does;
 4. **speed**: images/s of every workload here (:class:`throughput.ThroughputTable`, kept per machine).
 
 Each candidate is priced (:class:`planner.CostModel`) and the most accurate that fits what is
@@ -65,7 +65,6 @@ CACHED_RECIPE = {"strategy": "finetune", "unfreeze": "2", "cache_frozen": True, 
 WHOLE_RECIPE = {"strategy": "finetune", "unfreeze": "all", "head_epochs": 0, "lr": 1e-3, "backbone_lr_mult": 1.0, "label_smoothing": 0.1,
                 "dropout": 0.0, "batch_size": 64}  # fmt: skip
 END_TO_END_RECIPES = {"finetune-last-groups": CACHED_RECIPE, "finetune-all": WHOLE_RECIPE}
-WHOLE_MAX_SIZE = 128  # a whole-network step costs ~4x a forward pass: larger inputs are for GPUs
 
 
 def default_budget(n_train: int) -> float:
