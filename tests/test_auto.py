@@ -3,7 +3,6 @@
 import json
 import time
 
-import numpy as np
 import pytest
 from test_finetune import make_data
 from test_probes import generated

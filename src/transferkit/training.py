@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,8 @@ def train(data, out: str | Path | None = None, *, resume: bool = False, progress
     """Train a classifier on ``data`` (a DATA string or a loaded ImageDataset) and save the run.
 
     ``options`` are those of `transferkit train`, by the names of :class:`options.TrainOptions`;
-    an option the chosen strategy does not use is refused.  ``out`` is the run folder (default
+    an option the chosen strategy does not use is refused.  Without ``strategy`` (``auto``) the
+    recipe is planned on the data within ``time_budget`` (see auto.py).  ``out`` is the run folder (default
     ``runs/<data>-<model>-<strategy>``); ``resume`` continues an interrupted end-to-end run from
     its last checkpoint, with the options it recorded.
     """
