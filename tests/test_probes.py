@@ -188,7 +188,7 @@ def test_linear_probe_and_learning_curve():
     X, y = _blobs(np.eye(3) * 2, 240, rng, noise=1.0)
     probe, accuracy = linear_probe(X, y)
     assert 0.6 < accuracy <= 1.0 and probe.predict(X[:5]).shape == (5,)
-    sizes, accuracies = learning_curve(X, y, shares=(0.25, 0.5, 1.0))
+    sizes, accuracies, _ = learning_curve(X, y, shares=(0.25, 0.5, 1.0))
     assert sizes == [60, 120, 240] and all(0 <= a <= 1 for a in accuracies)
     from transferkit.errors import TransferkitError
 

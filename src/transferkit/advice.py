@@ -76,12 +76,20 @@ def _image_sizes(samples, limit: int = 50) -> tuple[int, int]:
     return int(np.median([w for w, _ in sizes])), int(np.median([h for _, h in sizes]))
 
 
-def decide(median_per_class: int, probes: dict[str, float], pixels: float, confidence: float, n_train: int, n_sample: int):
-    """The four-case guide applied to the measurements: (case, strategy, layer, reasons)."""
+def four_cases(median_per_class: int, probes: dict[str, float]) -> tuple[str, str]:
+    """The teaching guide's case from the measurements, and the best earlier stage: large from
+    LARGE_PER_CLASS images a class (median); different from ImageNet where an earlier stage's
+    linear probe beats the last layer's (``probes["penultimate"]``) by SIMILARITY_MARGIN."""
     best_stage = max((k for k in probes if k != "penultimate"), key=probes.get, default="penultimate")
     similar = not (best_stage != "penultimate" and probes[best_stage] > probes["penultimate"] + SIMILARITY_MARGIN)
     large = median_per_class >= LARGE_PER_CLASS
-    case = f"{'large' if large else 'small'}-{'similar' if similar else 'different'}"
+    return f"{'large' if large else 'small'}-{'similar' if similar else 'different'}", best_stage
+
+
+def decide(median_per_class: int, probes: dict[str, float], pixels: float, confidence: float, n_train: int, n_sample: int):
+    """The four-case guide applied to the measurements: (case, strategy, layer, reasons)."""
+    case, best_stage = four_cases(median_per_class, probes)
+    large, similar = case.startswith("large"), case.endswith("similar")
     reasons = [
         f"{n_train} training images, median {median_per_class} per class: {'large' if large else 'small'} (threshold {LARGE_PER_CLASS} per class)",
         f"linear probe on {n_sample} sampled images: last layer {probes['penultimate']:.1%}, best earlier stage {best_stage} {probes.get(best_stage, float('nan')):.1%}, raw pixels {pixels:.1%}",

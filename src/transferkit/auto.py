@@ -35,6 +35,7 @@ import numpy as np
 
 from transferkit.errors import TransferkitError
 from transferkit.options import DEFAULT_MODEL, STRATEGIES, TrainOptions, resolve
+from transferkit.planner import LAST_GROUPS_SCHEDULE, WHOLE_NETWORK_SCHEDULE
 
 SAMPLE_PER_CLASS, SAMPLE_IMAGES = 100, 1000  # the training sample the probes fit on (at most) ...
 MIN_SAMPLE_IMAGES, SAMPLE_IMAGES_PER_S = 200, 3.5  # ... and at least, or 3.5 a second of the budget: 420 for 2 minutes
@@ -58,13 +59,7 @@ FROZEN_SATURATION = 10
 SECONDS_PER_IMAGE = 0.025  # the default budget: 25 ms a training image, from 2 to 60 minutes
 MIN_BUDGET_S, MAX_BUDGET_S = 120.0, 3600.0
 
-# The end-to-end schedules measured in issue 19: no head-only epoch, label smoothing 0.1; the last
-# groups on cached inputs at a third of the head's rate, the whole network at the head's rate.
-CACHED_RECIPE = {"strategy": "finetune", "unfreeze": "2", "cache_frozen": True, "head_epochs": 0, "lr": 3e-3, "backbone_lr_mult": 0.33,
-                 "label_smoothing": 0.1, "batch_size": 128}  # fmt: skip
-WHOLE_RECIPE = {"strategy": "finetune", "unfreeze": "all", "head_epochs": 0, "lr": 1e-3, "backbone_lr_mult": 1.0, "label_smoothing": 0.1,
-                "dropout": 0.0, "batch_size": 64}  # fmt: skip
-END_TO_END_RECIPES = {"finetune-last-groups": CACHED_RECIPE, "finetune-all": WHOLE_RECIPE}
+END_TO_END_RECIPES = {"finetune-last-groups": {**LAST_GROUPS_SCHEDULE, "unfreeze": "2"}, "finetune-all": WHOLE_NETWORK_SCHEDULE}
 
 
 def default_budget(n_train: int) -> float:
@@ -114,18 +109,17 @@ def plan(dataset, given: dict, *, started: float | None = None, progress: bool =
     from transferkit.planner import CostModel, DataSizes, choose, format_duration, parse_duration, with_user_options
     from transferkit.throughput import ThroughputTable, split_cores
 
-    clock = _Clock(time.monotonic() if started is None else started, 0.0)
-    shout = say or (lambda line: print(line, file=sys.stderr) if progress else None)
-
-    def say(line: str) -> None:
-        shout(f"auto [{clock.spent:5.1f}s] {line}")
-
     base = resolve({**given, "strategy": "auto"})
     train = dataset.train.per_class(base.per_class, seed=base.seed) if base.per_class else dataset.train
     n_classes = len(dataset.classes)
     sizes = DataSizes(len(train), len(dataset.val), len(dataset.test) if dataset.test is not None else 0)
     budget_s = parse_duration(base.time_budget) if base.time_budget else default_budget(sizes.train)
-    clock.budget_s = budget_s
+    clock = _Clock(time.monotonic() if started is None else started, budget_s)
+    shout = say or (lambda line: print(line, file=sys.stderr) if progress else None)
+
+    def say(line: str) -> None:
+        shout(f"auto [{clock.spent:5.1f}s] {line}")
+
     say(f"planning within {format_duration(budget_s)}"
         + ("" if base.time_budget else f" (the default for {sizes.train:,} training images; set --time-budget)"))  # fmt: skip
     images = min(SAMPLE_IMAGES, max(MIN_SAMPLE_IMAGES, round(budget_s * SAMPLE_IMAGES_PER_S)))  # a small budget probes a smaller sample
@@ -192,7 +186,7 @@ def _network_recipes(c: _Context, model: str) -> list[_Searched]:
     """Heads on ``model``'s features at each probed size and layer, and the end-to-end recipes
     whose probe on the sample fitted the probing time."""
     from transferkit.planner import extrapolate_accuracy, learning_curve_exponent
-    from transferkit.probes import layer_features, linear_probe, measure_augmentation, views
+    from transferkit.probes import layer_features, learning_curve, measure_augmentation, views
     from transferkit.throughput import Workload
     from transferkit.training import _backbone
 
@@ -236,7 +230,7 @@ def _network_recipes(c: _Context, model: str) -> list[_Searched]:
         # --flip-tta's gain is measured at the probe size only (the mirror images cost a pass) and carried to the others
         mirrored = layer_features(backbone, c.val_sample.samples, views(spec, size, ())["mirrored"], layers, seed=seed) if mirror and size == probe_size else None
         for layer in layers:
-            sizes, accuracies, probe = _curve(train_x[layer], y, seed, linear_probe)
+            sizes, accuracies, probe = _fitted_on(*learning_curve(train_x[layer], y, seed=seed))
             full = extrapolate_accuracy(sizes, accuracies, min(c.sizes.train, FROZEN_SATURATION * sizes[-1]))
             score = float(probe.score(val_x[layer], y_val))
             c.evidence.setdefault("linear_probe", {})[f"{model} {layer} @{size}"] = {
@@ -293,7 +287,10 @@ def _network_recipes(c: _Context, model: str) -> list[_Searched]:
 
 
 def _augmentation(c: _Context, on_images: bool) -> dict:
-    """The augmentation options the probes decided (the user's own are laid over them later)."""
+    """The augmentation options the probes decided (the user's own are laid over them later:
+    under the user's --augment none, mirroring and crops are not the probes' to set)."""
+    if c.given.get("augment") == "none":
+        return {}
     probe = c.augmentation
     mirror = probe.mirror.mirror if probe is not None else True
     crop = probe.crops.min_scale if probe is not None and probe.crops is not None else None
@@ -354,14 +351,14 @@ def _pixel_recipes(c: _Context) -> list[_Searched]:
     """Raw pixels with a linear model and an RBF SVM: the baselines a network must beat (digits)."""
     from transferkit.backbones import build_backbone
     from transferkit.planner import extrapolate_accuracy
-    from transferkit.probes import layer_features, linear_probe, rbf_probe
+    from transferkit.probes import layer_features, learning_curve, linear_probe, rbf_probe
 
     pixels = build_backbone("pixels", pretrained=False)
     X = layer_features(pixels, c.sample.samples, pixels.spec.transform(), ["penultimate"], seed=c.base.seed)["penultimate"]
     found = []
     for kind, probe, recipe in (("linear", linear_probe, {"strategy": "linear"}), ("rbf", rbf_probe, {"strategy": "svm", "kernel": "rbf"})):
         started = time.monotonic()
-        sizes, accuracies, _ = _curve(X, c.sample.labels, c.base.seed, probe)
+        sizes, accuracies, _ = _fitted_on(*learning_curve(X, c.sample.labels, seed=c.base.seed, probe=probe))
         seconds = time.monotonic() - started
         full = extrapolate_accuracy(sizes, accuracies, min(c.sizes.train, FROZEN_SATURATION * sizes[-1]))
         c.evidence.setdefault("linear_probe" if kind == "linear" else "rbf_probe", {})["pixels"] = {
@@ -372,26 +369,10 @@ def _pixel_recipes(c: _Context) -> list[_Searched]:
     return found
 
 
-def _curve(X: np.ndarray, y: np.ndarray, seed: int, probe, shares=(0.25, 0.5)) -> tuple[list[int], list[float], Any]:
-    """A probe's learning curve on the sample and the probe fitted on all of it: C is chosen by
-    cross-validation once, on the whole sample, and kept for the smaller shares (a third of the
-    fits of :func:`probes.learning_curve`, which a small budget cannot spare)."""
-    fitted, accuracy = probe(X, y, seed=seed)
-    best_c = (fitted[-1].C,)
-    trained_on = 2 / 3  # 3-fold cross-validation scores models fitted on two thirds of the rows
-    rng = np.random.default_rng(seed)
-    order = {k: rng.permutation(np.flatnonzero(y == k)) for k in np.unique(y)}
-    sizes, accuracies = [], []
-    for share in shares:
-        rows = np.sort(np.concatenate([members[: max(2, round(share * len(members)))] for members in order.values()]))
-        if len(rows) >= len(y) or (sizes and len(rows) == sizes[-1]):
-            continue
-        try:
-            sizes.append(int(len(rows)))
-            accuracies.append(probe(X[rows], y[rows], seed=seed, c_grid=best_c)[1])
-        except TransferkitError:
-            sizes.pop()
-    return [round(n * trained_on) for n in sizes + [len(y)]], accuracies + [accuracy], fitted
+def _fitted_on(sizes: list[int], accuracies: list[float], fitted) -> tuple[list[int], list[float], Any]:
+    """A learning curve's sizes as the images its models were fitted on: 3-fold cross-validation
+    scores models fitted on two thirds of each share's rows."""
+    return [round(n * 2 / 3) for n in sizes], accuracies, fitted
 
 
 class _SizedRates:
@@ -449,11 +430,8 @@ def _epochs_for(n_train: int) -> int:
 
 
 def _four_cases(train, n_classes: int, evidence: dict) -> str:
-    """The teaching guide's label, from the measurements: large from 1,000 images a class
-    (median); different from ImageNet where an earlier stage's probe beats the last layer's."""
-    from transferkit.planner import LARGE_PER_CLASS
+    """The teaching guide's label (:func:`advice.four_cases`) from the probes' measurements."""
+    from transferkit.advice import four_cases
 
     median = int(np.median(np.bincount(train.labels, minlength=n_classes)))
-    layers = evidence.get("layer_accuracy") or {}
-    similar = not layers or layers.get("penultimate", 0.0) >= max(layers.values()) - 0.01
-    return f"{'large' if median >= LARGE_PER_CLASS else 'small'}-{'similar' if similar else 'different'}"
+    return four_cases(median, evidence.get("layer_accuracy") or {"penultimate": 0.0})[0]

@@ -39,7 +39,14 @@ OVERHEAD_S, OVERHEAD_S_PER_IMAGE = 2.0, 1.5e-3
 # linear_threads), 1.7 ms an image.  A probe that times the fit on the data replaces it.
 HEAD_FIT_S_PER_IMAGE = 1.7e-3
 PLANNER_OPTIONS = {"time_budget"}  # the planner's own: no recipe uses them
-LARGE_PER_CLASS = 1000  # images per class from which training from scratch is worth a candidate (advise's threshold)
+
+# The end-to-end schedules measured in issue 19, where the defaults lost up to 13 points: no
+# head-only epoch, label smoothing 0.1; the last groups on cached inputs at a third of the head's
+# rate, the whole network at the head's rate.  A learning-rate range test per dataset should replace them.
+LAST_GROUPS_SCHEDULE = {"strategy": "finetune", "cache_frozen": True, "head_epochs": 0, "lr": 3e-3, "backbone_lr_mult": 0.33, "label_smoothing": 0.1,
+                        "batch_size": 128}  # fmt: skip
+WHOLE_NETWORK_SCHEDULE = {"strategy": "finetune", "unfreeze": "all", "head_epochs": 0, "lr": 1e-3, "backbone_lr_mult": 1.0, "label_smoothing": 0.1,
+                          "dropout": 0.0, "batch_size": 64}  # fmt: skip
 
 _UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(h|m|s)")
@@ -147,12 +154,11 @@ def search_space(models: Sequence[str], *, n_train: int, n_classes: int, image_s
     Heads on cached features at each size and layer (flip TTA only where ``mirror``: a class that
     a mirror image turns into another is averaged with it otherwise); ``finetune --cache-frozen``
     of the last one and two layer groups; the whole network at the small sizes; ``frozen``; and
-    ``scratch`` where there are ``LARGE_PER_CLASS`` images a class.  The end-to-end schedules are
-    the ones measured in issue 19 (no head-only epoch, the backbone at the head's rate or a third
-    of it, label smoothing 0.1), where the defaults lost up to 13 points; a learning-rate range
-    test per dataset should replace them.  ``mirror=False`` (see :func:`probes.mirror_invariance`)
+    ``scratch`` where there are ``LARGE_PER_CLASS`` images a class.  Fine-tuning follows
+    LAST_GROUPS_SCHEDULE and WHOLE_NETWORK_SCHEDULE.  ``mirror=False`` (see :func:`probes.mirror_invariance`)
     turns the mirroring augmentation off (``--augment none``: crops come with mirroring today).
     """
+    from transferkit.advice import LARGE_PER_CLASS
     from transferkit.registry import get_spec
 
     augment = "light" if mirror else "none"
@@ -173,11 +179,9 @@ def search_space(models: Sequence[str], *, n_train: int, n_classes: int, image_s
                 recipes.append({"strategy": "mlp", "model": model, "image_size": size})
                 for unfreeze in (1, 2):
                     if unfreeze < n_groups - 1:
-                        recipes.append({"strategy": "finetune", "model": model, "image_size": size, "unfreeze": str(unfreeze), "cache_frozen": True,
-                                        "epochs": epochs, "head_epochs": 0, "backbone_lr_mult": 0.33, "label_smoothing": 0.1, "augment": augment})  # fmt: skip
+                        recipes.append({**LAST_GROUPS_SCHEDULE, "model": model, "image_size": size, "unfreeze": str(unfreeze), "epochs": epochs, "augment": augment})
                 if size <= 128:
-                    recipes.append({"strategy": "finetune", "model": model, "image_size": size, "unfreeze": "all", "epochs": epochs, "head_epochs": 0,
-                                    "backbone_lr_mult": 1.0, "label_smoothing": 0.1, "dropout": 0.0, "augment": augment})  # fmt: skip
+                    recipes.append({**WHOLE_NETWORK_SCHEDULE, "model": model, "image_size": size, "epochs": epochs, "augment": augment})
             recipes.append({"strategy": "frozen", "model": model, "image_size": spec.input_size, "epochs": epochs, "augment": augment})
         if n_train >= LARGE_PER_CLASS * n_classes:
             recipes.append({"strategy": "scratch", "model": model, "image_size": sizes[0], "epochs": max(epochs, 10), "augment": augment})

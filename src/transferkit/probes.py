@@ -79,22 +79,24 @@ def one_blas_thread():
     return threadpool_limits(1)
 
 
-def learning_curve(X: np.ndarray, y: np.ndarray, *, shares: Sequence[float] = (0.25, 0.5, 1.0), seed: int = 0, probe=linear_probe) -> tuple[list[int], list[float]]:
+def learning_curve(X: np.ndarray, y: np.ndarray, *, shares: Sequence[float] = (0.25, 0.5, 1.0), seed: int = 0, probe=linear_probe):
     """Cross-validated probe accuracy (``probe``: :func:`linear_probe` or :func:`rbf_probe`) on
     growing stratified shares of ``X, y``: the (sizes, accuracies) that
-    :func:`transferkit.planner.extrapolate_accuracy` extends to the full training set.  Every
-    share keeps at least two images of each class."""
+    :func:`transferkit.planner.extrapolate_accuracy` extends to the full training set, and the
+    probe fitted on the largest share.  C is chosen by cross-validation once, on the largest
+    share, and kept for the smaller ones (a third of the fits: a small time budget cannot spare
+    them).  Every share keeps at least two images of each class."""
     rng = np.random.default_rng(seed)
     order = {c: rng.permutation(np.flatnonzero(y == c)) for c in np.unique(y)}
-    sizes, accuracies = [], []
+    rows_of = {}
     for share in sorted(shares):
         rows = np.sort(np.concatenate([members[: max(2, round(share * len(members)))] for members in order.values()]))
-        if sizes and len(rows) == sizes[-1]:
-            continue  # a share that adds no image: the same point again
-        _, accuracy = probe(X[rows], y[rows], seed=seed)
-        sizes.append(int(len(rows)))
-        accuracies.append(accuracy)
-    return sizes, accuracies
+        rows_of.setdefault(len(rows), rows)  # a share that adds no image: the same point again
+    *smaller, largest = rows_of.values()
+    fitted, accuracy = probe(X[largest], y[largest], seed=seed)
+    best_c = (fitted[-1].C,)
+    accuracies = [probe(X[rows], y[rows], seed=seed, c_grid=best_c)[1] for rows in smaller]
+    return list(rows_of), accuracies + [accuracy], fitted
 
 
 @dataclass
