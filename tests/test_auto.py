@@ -118,6 +118,11 @@ def test_mirror_and_crop_scale_options_shape_the_training_pipeline():
     assert "RandomResizedCrop" not in names(augment="light", crop_scale=1.0)
     light = create_transform(32, resize_size=32, interpolation="bilinear", mean=[0.5] * 3, std=[0.5] * 3, is_training=True, crop_scale=0.75)
     assert light.transforms[1].scale == (0.75, 1.0)
+    for strategy in ("frozen", "finetune", "scratch"):
+        with pytest.raises(TransferkitError, match="--augment none neither mirrors nor crops: drop --no-mirror and --crop-scale, or use --augment light"):
+            resolve({"strategy": strategy, "augment": "none", "mirror": False, "crop_scale": 0.5})
+    with pytest.raises(TransferkitError, match="--strategy linear does not use --no-mirror"):
+        resolve({"strategy": "linear", "mirror": False})
     with pytest.raises(TransferkitError, match="--cache-frozen trains on cached feature maps, which are not cropped"):
         resolve({"strategy": "finetune", "unfreeze": "2", "cache_frozen": True, "crop_scale": 0.5})
 

@@ -140,7 +140,15 @@ def _head_check(opts: TrainOptions) -> None:
         raise TransferkitError(f"--balance sampler draws training batches, which --strategy {opts.strategy} does not have: use --balance weights")
 
 
+def _augment_check(opts: TrainOptions) -> None:
+    """``--no-mirror`` and ``--crop-scale`` shape an augmentation: with none they would be recorded and ignored."""
+    if opts.augment == "none" and (not opts.mirror or opts.crop_scale is not None):
+        given = " and ".join(name for name, on in (("--no-mirror", not opts.mirror), ("--crop-scale", opts.crop_scale is not None)) if on)
+        raise TransferkitError(f"--augment none neither mirrors nor crops: drop {given}, or use --augment light")
+
+
 def _finetune_check(opts: TrainOptions) -> None:
+    _augment_check(opts)
     if not opts.cache_frozen:
         return
     from transferkit.backbones import get_spec
@@ -158,6 +166,7 @@ def _finetune_check(opts: TrainOptions) -> None:
 
 
 def _scratch_check(opts: TrainOptions) -> None:
+    _augment_check(opts)
     if opts.pretrained:
         raise TransferkitError("--strategy scratch trains from random weights; to start from pretrained ones use --strategy finetune")
 
@@ -168,7 +177,7 @@ STRATEGIES: dict[str, Strategy] = {
         Strategy("linear", "features", "logistic regression on cached features", HEAD_OPTIONS, check=_head_check),
         Strategy("svm", "features", "linear or RBF SVM on cached features", HEAD_OPTIONS | {"kernel"}, check=_head_check),
         Strategy("mlp", "features", "a small MLP on cached features", HEAD_OPTIONS | {"dropout", "lr", "epochs", "weight_decay"}, {"dropout": 0.5}, _head_check),
-        Strategy("frozen", "end-to-end", "a new head trained end to end on a frozen backbone", END_TO_END_OPTIONS, {"dropout": 0.2}),
+        Strategy("frozen", "end-to-end", "a new head trained end to end on a frozen backbone", END_TO_END_OPTIONS, {"dropout": 0.2}, _augment_check),
         Strategy("finetune", "end-to-end", "the head, then the last layer groups at a lower learning rate",
                  END_TO_END_OPTIONS | {"unfreeze", "backbone_lr_mult", "head_epochs", "gradual", "cache_frozen"}, {"dropout": 0.2}, _finetune_check),
         Strategy("scratch", "end-to-end", "the same network with random weights", END_TO_END_OPTIONS - {"weights"}, {"dropout": 0.2, "pretrained": False}, _scratch_check),
