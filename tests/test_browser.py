@@ -56,7 +56,7 @@ def screenshots(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """A tiny trained run: a linear head on the digits' raw pixels (seconds)."""
-    from transferkit.training import train
+    from transferkit.api import train
 
     return train("digits", tmp_path_factory.mktemp("browser") / "run", progress=False, strategy="linear", model="pixels").run_dir
 
@@ -133,7 +133,7 @@ def server(run_dir):
 def test_an_image_uploaded_through_the_page_shows_its_predicted_class(browser, server, run_dir, tmp_path, screenshots):
     from sklearn.datasets import load_digits
 
-    from transferkit.runs import load_run
+    from transferkit.core.runs import load_run
 
     digits = load_digits()
     paths = []

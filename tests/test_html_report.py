@@ -11,10 +11,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from transferkit.cli import app
-from transferkit.html_report import (
+from transferkit.core.html_report import (
     CLASSES_WITH_EXAMPLES, EXAMPLES_PER_CLASS, MISTAKES_SHOWN, THUMBNAIL_PX, write_html_report, write_leaderboard_html,
 )  # fmt: skip
-from transferkit.report import accuracy_interval, classification_metrics, most_confused
+from transferkit.core.report import accuracy_interval, classification_metrics, most_confused
 
 
 class Page(HTMLParser):
@@ -58,7 +58,7 @@ class Page(HTMLParser):
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """A tiny trained run: a linear head on the digits' raw pixels (seconds)."""
-    from transferkit.training import train
+    from transferkit.api import train
 
     return train("digits", tmp_path_factory.mktemp("report") / "run", progress=False, strategy="linear", model="pixels").run_dir
 
@@ -172,19 +172,23 @@ def test_class_names_and_file_names_are_escaped_and_a_plan_is_shown(tmp_path):
     classes = ["<script>alert(1)</script>", "a & b"]
     image = tmp_path / "x<y>.png"
     Image.new("RGB", (200, 100), (0, 128, 255)).save(image)
-    labels = np.array([0, 1, 0])
-    probs = np.array([[0.1, 0.9], [0.2, 0.8], [0.7, 0.3]], np.float32)
+    hostile = tmp_path / "<img src=x onerror=alert(1)>.png"  # a file name that is markup
+    Image.new("RGB", (20, 20), (255, 0, 0)).save(hostile)
+    labels = np.array([0, 1, 0, 1])
+    probs = np.array([[0.1, 0.9], [0.2, 0.8], [0.7, 0.3], [0.6, 0.4]], np.float32)
     metrics = {"val": classification_metrics(labels, probs.argmax(1), classes)}
     plan = {"case": "small-similar", "evidence": {"probe_accuracy": 0.93, "images_per_class": 12}, "reasons": ["few images", "close to ImageNet"],
-            "candidates": [{"strategy": "linear", "score": 0.9}, {"strategy": "finetune", "score": 0.8}]}  # fmt: skip
-    text = write_html_report(tmp_path, title="t <b>", summary={}, metrics=metrics, classes=classes, history=[],
-                             scored={"val": ([image, image, tmp_path / "missing.png"], labels, probs)}, plan=plan).read_text()  # fmt: skip
+            "candidates": [{"strategy": "linear", "score": 0.9}, {"strategy": "finetune <b>", "score": 0.8}]}  # fmt: skip
+    text = write_html_report(tmp_path, title="t <b>", summary={"note": "<script>alert(2)</script>"}, metrics=metrics, classes=classes, history=[],
+                             scored={"val": ([image, image, tmp_path / "missing.png", hostile], labels, probs)}, plan=plan).read_text()  # fmt: skip
     assert "<script>alert" not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text and "a &amp; b" in text
+    assert "&lt;script&gt;alert(2)&lt;/script&gt;" in text and "finetune &lt;b&gt;" in text
     assert "t &lt;b&gt;" in text and "x&lt;y&gt;.png" in text
+    assert "<img src=x" not in text and "&lt;img src=x onerror=alert(1)&gt;.png" in text
     assert "missing.png: no such file" in text  # an image that cannot be read is named, not fatal
     page = Page(text)
     assert any(["probe accuracy", "0.93"] in t["rows"] for t in page.tables)
-    assert "few images" in text and any(r[:2] == ["finetune", "0.8"] for t in page.tables for r in t["rows"])
+    assert "few images" in text and any(r[:2] == ["finetune <b>", "0.8"] for t in page.tables for r in t["rows"])
     assert text.count("<script>") == 1  # the table sorter only
     assert (tmp_path / "report.html").is_file() and not (tmp_path / "report.html.tmp").exists()
 
@@ -204,3 +208,30 @@ def test_leaderboard_html_ranks_by_validation_and_links_finished_cells(tmp_path)
     assert table[1][table[0].index("val acc")].startswith("93.00%") and table[1][table[0].index("params")] == "3,383,818"
     assert page.links == ["efficientnet_lite0-linear-penultimate/report.html"]
     assert "out of &lt;memory&gt;" in path.read_text() and "Ranked by validation accuracy" in path.read_text()
+
+
+def test_leaderboard_html_escapes_model_names_and_reasons(tmp_path):
+    rows = [
+        {"model": "<script>alert(1)</script>", "strategy": "linear", "layer": "penultimate", "status": "done", "val_acc": 0.5},
+        {"model": "lenet", "strategy": "<b>finetune</b>", "layer": "penultimate", "status": "failed", "reason": "<img src=x onerror=alert(1)>"},
+    ]  # fmt: skip
+    text = write_leaderboard_html(rows, tmp_path, "a <i>title</i>").read_text()
+    assert "<script>alert" not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+    assert "<img src=x" not in text and "&lt;img src=x onerror=alert(1)&gt;" in text
+    assert "<b>finetune" not in text and "&lt;b&gt;finetune&lt;/b&gt;" in text and "a &lt;i&gt;title&lt;/i&gt;" in text
+    assert text.count("<script>") == 1  # the table sorter only
+    rows_seen = Page(text).tables[0]["rows"]
+    assert rows_seen[1][1] == "<script>alert(1)</script>"  # shown as text, as named
+
+
+def test_pages_inline_their_packaged_style_and_script_under_the_same_policy(tmp_path):
+    """The style sheet and script are package files (found where the package is installed),
+    pasted into each page: still one file, that loads nothing."""
+    from importlib.resources import files
+
+    templates = files("transferkit.core") / "templates"
+    style, script = (templates / "report.css").read_text(), (templates / "sort.js").read_text()
+    text = write_leaderboard_html([{"model": "m", "strategy": "s", "layer": "l", "status": "done", "val_acc": 0.5}], tmp_path, "t").read_text()
+    assert f"<style>\n{style}</style>" in text and f"<script>\n{script}</script>" in text
+    csp = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
+    assert f"<meta http-equiv='Content-Security-Policy' content=\"{csp}\">" in text

@@ -29,7 +29,7 @@ from transferkit.serve import MicroBatcher, ServeOptions, create_app  # noqa: E4
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """A tiny trained run: a linear head on the digits' raw pixels (seconds)."""
-    from transferkit.training import train
+    from transferkit.api import train
 
     return train("digits", tmp_path_factory.mktemp("serve") / "run", progress=False, strategy="linear", model="pixels").run_dir
 
@@ -93,6 +93,25 @@ def test_health_model_and_page(client, run_dir):
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
     assert "id=files type=file" in page.text and "predict?top_k=" in page.text
     assert "__" not in page.text.split("<script>")[0]  # every placeholder filled
+
+
+def test_the_page_is_one_file_under_the_same_policy_and_escapes_the_run_name(run_dir, tmp_path):
+    import re
+    import shutil
+    from importlib.resources import files
+
+    named = tmp_path / "run<b>&'\""  # a folder name that is markup
+    shutil.copytree(run_dir, named)
+    with TestClient(create_app(named, ServeOptions(engine="torch", top_k=3))) as client:
+        text = client.get("/").text
+    csp = "default-src 'none'; img-src blob: data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'; connect-src 'self'"
+    assert f'<meta http-equiv="Content-Security-Policy" content="{csp}">' in text
+    assert "<b>" not in text and "<title>transferkit: run&lt;b&gt;&amp;&#39;&#34;</title>" in text
+    assert "run&lt;b&gt;&amp;&#39;&#34;: pixels / linear, 10 classes" in text
+    templates = files("transferkit.core") / "templates"
+    assert (templates / "serve.css").read_text() in text and (templates / "serve.js").read_text() in text  # inlined, as they are
+    assert 'data-top-k="3"' in text and text.count("<script>") == 1
+    assert not re.search(r"\s(?:src|href)\s*=\s*(?!['\"]?data:)", text)  # nothing loaded from elsewhere
 
 
 BAD_UPLOADS = {

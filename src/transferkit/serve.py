@@ -17,8 +17,6 @@ removed once the request is answered.
 
 import asyncio
 import contextlib
-import html
-import json
 import os
 import shutil
 import socket
@@ -32,7 +30,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from transferkit.errors import TransferkitError
+from transferkit.core.errors import TransferkitError
 
 try:
     import uvicorn
@@ -140,8 +138,8 @@ class MicroBatcher:
 
 
 def create_app(run, options: ServeOptions = ServeOptions()) -> FastAPI:
-    """The web app for ``run`` (a run folder, or a loaded :class:`~transferkit.runs.Run`)."""
-    from transferkit.runs import Run, load_run
+    """The web app for ``run`` (a run folder, or a loaded :class:`~transferkit.core.runs.Run`)."""
+    from transferkit.core.runs import Run, load_run
 
     run = run if isinstance(run, Run) else load_run(run)
     if options.top_k < 1 or options.max_files < 1 or options.max_upload_bytes < 1 or options.max_batch < 1 or options.batch_wait_ms < 0:
@@ -264,7 +262,7 @@ async def _read_uploads(request: Request, options: ServeOptions) -> list[tuple[s
 def _decode(uploads: list[tuple[str, bytes]], upload_dir: Path, transform) -> tuple[list[str], torch.Tensor]:
     """Each upload decoded as every command decodes a file, from a temporary folder removed
     before returning; a BadRequest (422) naming the first file that is not a usable image."""
-    from transferkit.loader import DecodedImages
+    from transferkit.core.loader import DecodedImages
 
     with tempfile.TemporaryDirectory(dir=upload_dir) as folder:
         paths = []
@@ -308,78 +306,8 @@ def serve(run_dir, *, host: str = "127.0.0.1", port: int = 8000, options: ServeO
 
 
 def _page(run, name: str, top_k: int) -> str:
+    """The upload page: templates/serve.html, its style and script inlined (see html_report.render)."""
+    from transferkit.core.html_report import render
+
     title = f"{name}: {run.meta.get('backbone')} / {run.meta.get('strategy')}, {len(run.classes)} classes"
-    return (_PAGE.replace("__TITLE__", html.escape(title)).replace("__NAME__", html.escape(name))
-            .replace("__TOPK__", json.dumps(min(top_k, len(run.classes)))))  # fmt: skip
-
-
-_PAGE = """<!doctype html>
-<html lang=en><head><meta charset=utf-8>
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src blob: data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'; connect-src 'self'">
-<meta name=viewport content="width=device-width,initial-scale=1">
-<link rel=icon href="data:,">
-<title>transferkit: __NAME__</title>
-<style>
-body{font:15px/1.45 system-ui,-apple-system,'Segoe UI',sans-serif;margin:0 auto;max-width:900px;padding:1em 2em;color:#1d1d1f}
-h1{font-size:1.5em;margin-bottom:.1em} .muted{color:#666}
-#drop{display:block;border:2px dashed #9ab;border-radius:10px;padding:2em;text-align:center;margin:1.2em 0;cursor:pointer;background:#fafcff}
-#drop.over{background:#e6f0ff;border-color:#1f77b4}
-#status.error{color:#d62728;font-weight:600}
-.result{display:flex;gap:1.2em;align-items:flex-start;border-bottom:1px solid #eee;padding:.8em 0}
-.result img{width:128px;height:128px;object-fit:contain;background:#f4f4f4;image-rendering:pixelated;border-radius:6px}
-.prediction{font-size:1.3em;font-weight:600} .name{color:#666;font-size:.9em;word-break:break-all}
-.row{display:flex;align-items:center;gap:.6em;margin:.15em 0;font-size:.95em}
-.row .label{width:10em;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
-.row .bar{width:260px;height:.9em;background:#e8eef7;border-radius:3px} .row .bar span{display:block;height:100%;background:#1f77b4;border-radius:3px}
-.row .p{width:4em;text-align:right;font-variant-numeric:tabular-nums}
-</style></head><body>
-<h1>transferkit</h1>
-<div class=muted>__TITLE__</div>
-<label id=drop for=files>Drop images here, or click to choose them
-<input id=files type=file name=files accept="image/*" multiple hidden></label>
-<div id=status></div>
-<div id=results></div>
-<p class=muted>API: <code>POST /predict</code> (multipart, fields named <code>files</code>), <code>GET /model</code>, <code>GET /health</code>.</p>
-<script>
-const TOP_K = __TOPK__;
-const input = document.getElementById('files'), drop = document.getElementById('drop');
-const results = document.getElementById('results'), status = document.getElementById('status');
-input.addEventListener('change', function () { send(Array.from(input.files)); input.value = ''; });
-['dragenter', 'dragover'].forEach(function (e) { drop.addEventListener(e, function (ev) { ev.preventDefault(); drop.classList.add('over'); }); });
-['dragleave', 'drop'].forEach(function (e) { drop.addEventListener(e, function (ev) { ev.preventDefault(); drop.classList.remove('over'); }); });
-drop.addEventListener('drop', function (ev) { send(Array.from(ev.dataTransfer.files)); });
-
-function el(tag, cls, text) { const e = document.createElement(tag); if (cls) e.className = cls; if (text !== undefined) e.textContent = text; return e; }
-
-async function send(files) {
-  if (!files.length) return;
-  const form = new FormData();
-  files.forEach(function (f) { form.append('files', f, f.name); });
-  status.className = ''; status.textContent = 'classifying ' + files.length + ' image' + (files.length > 1 ? 's' : '') + '\\u2026';
-  let reply, body;
-  try {
-    reply = await fetch('predict?top_k=' + TOP_K, {method: 'POST', body: form});
-    body = await reply.json();
-  } catch (err) { status.className = 'error'; status.textContent = 'error: ' + err; return; }
-  if (!reply.ok) { status.className = 'error'; status.textContent = 'error: ' + body.error; return; }
-  status.textContent = '';
-  body.slice().reverse().forEach(function (r, i) { results.prepend(card(r, files[files.length - 1 - i])); });
-}
-
-function card(result, file) {
-  const box = el('div', 'result'), img = el('img'), text = el('div');
-  img.src = URL.createObjectURL(file); img.alt = result.image;
-  const best = result.top[0];
-  const prediction = el('div', 'prediction', best.label); prediction.dataset.label = best.label;
-  text.append(prediction, el('div', 'name', result.image));
-  result.top.forEach(function (t) {
-    const row = el('div', 'row'), bar = el('div', 'bar'), fill = el('span');
-    fill.style.width = (100 * t.probability).toFixed(1) + '%'; bar.append(fill);
-    row.append(el('span', 'label', t.label), bar, el('span', 'p', (100 * t.probability).toFixed(1) + '%'));
-    text.append(row);
-  });
-  box.append(img, text);
-  return box;
-}
-</script></body></html>
-"""
+    return render("serve.html", name=name, title=title, top_k=min(top_k, len(run.classes)))

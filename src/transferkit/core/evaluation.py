@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import numpy as np
 
-from transferkit.errors import TransferkitError
-from transferkit.report import classification_metrics
-from transferkit.runs import Run, load_run
+from transferkit.core.errors import TransferkitError
+from transferkit.core.report import classification_metrics
+from transferkit.core.runs import Run, load_run
 
 
 def evaluate_run(run_dir, data, *, split: str | None = None, trust_pickle: bool = False, batch_size: int = 32,
-                 allow_outside_root: bool = False, engine: str = "auto") -> dict:  # fmt: skip
+                 allow_outside_root: bool = False, engine: str = "auto", progress: bool | str = "evaluate",
+                 return_scored: bool = False) -> dict:  # fmt: skip
     """Accuracy, per-class precision/recall and confusion matrix of ``run_dir`` on ``data``.
 
     ``allow_outside_root``: a CSV ``data`` may name images outside its own folder.
+    ``progress``: the progress bar's label, or False for none.  ``return_scored``: also return
+    ``"scored"``, the (samples, labels, probabilities) of the images read, for report.html.
     """
-    from transferkit.data import ImageDataset, load_data
+    from transferkit.core.data import ImageDataset, load_data
 
     run = run_dir if isinstance(run_dir, Run) else load_run(run_dir)
     dataset = data if isinstance(data, ImageDataset) else load_data(str(data), trust_pickle=trust_pickle, allow_outside_root=allow_outside_root)
@@ -34,6 +37,10 @@ def evaluate_run(run_dir, data, *, split: str | None = None, trust_pickle: bool 
     to_run = np.array([run.classes.index(name) for name in dataset.classes])
     samples = [s for part in parts for s in part.samples]
     labels = to_run[np.concatenate([part.labels for part in parts])]
-    probs, ok, failures = run.scores(samples, batch_size=batch_size, progress="evaluate", engine=engine)
+    probs, ok, failures = run.scores(samples, batch_size=batch_size, progress=progress, engine=engine)
     metrics = classification_metrics(labels[ok], probs[ok].argmax(1), run.classes)
-    return {"split": split, **metrics, "skipped": len(failures)}
+    result = {"split": split, **metrics, "skipped": len(failures)}
+    if return_scored:
+        kept = np.flatnonzero(ok)
+        result["scored"] = ([samples[i] for i in kept], labels[kept], probs[kept])
+    return result
