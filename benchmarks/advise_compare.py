@@ -20,9 +20,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import ROOT, cifar10_folder, command_line, record  # noqa: E402
 
-from transferkit.advice import advise  # noqa: E402
-from transferkit.comparison import Cell, best, compare  # noqa: E402
-from transferkit.data import load_data  # noqa: E402
+from transferkit.plan.advice import advise  # noqa: E402
+from transferkit.plan.comparison import Cell, best, compare  # noqa: E402
+from transferkit.core.data import load_data  # noqa: E402
 
 MODEL = "efficientnet_lite0"
 

@@ -27,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import cifar10_folder, command_line, record  # noqa: E402
 
 from transferkit import build_backbone  # noqa: E402
-from transferkit.data import LabelledImages  # noqa: E402
-from transferkit.engines import LayerFeatures, export_onnx, make_engine, mean_cosine, resolve_engine  # noqa: E402
-from transferkit.features import extract_features  # noqa: E402
+from transferkit.core.data import LabelledImages  # noqa: E402
+from transferkit.core.engines import LayerFeatures, export_onnx, make_engine, mean_cosine, resolve_engine  # noqa: E402
+from transferkit.core.features import extract_features  # noqa: E402
 
 
 def calibrate(backbone, transform, paths) -> None:
@@ -128,7 +128,7 @@ MEMORY_CHILD = """
 import resource, sys, numpy as np
 from pathlib import Path
 from transferkit import build_backbone
-from transferkit.features import extract_features
+from transferkit.core.features import extract_features
 paths = sorted(Path(sys.argv[1]).glob('*/*.jpg'))[: int(sys.argv[2])]
 backbone = build_backbone('efficientnet_lite0')
 extract_features(paths, np.zeros(len(paths), int), backbone, data_fingerprint='mem-' + sys.argv[2], image_size=int(sys.argv[4]),

@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import cifar10_folder, command_line, record, synchronize  # noqa: E402
 
 from transferkit import build_backbone  # noqa: E402
-from transferkit.engines import LayerFeatures  # noqa: E402
-from transferkit.loader import iterate_batches  # noqa: E402
+from transferkit.core.engines import LayerFeatures  # noqa: E402
+from transferkit.core.loader import iterate_batches  # noqa: E402
 
 DEVICE = torch.device("cuda")
 

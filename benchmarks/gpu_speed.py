@@ -31,7 +31,7 @@ from _common import cifar10_folder, command_line, record, synchronize  # noqa: E
 from extract_speed import calibrate  # noqa: E402
 
 from transferkit import build_backbone  # noqa: E402
-from transferkit.features import extract_features  # noqa: E402
+from transferkit.core.features import extract_features  # noqa: E402
 
 
 DEVICE = torch.device("cuda")  # --device cpu: a dry run of this script on a machine without a GPU

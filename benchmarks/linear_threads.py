@@ -23,8 +23,8 @@ from _common import ROOT, command_line, record  # noqa: E402
 from train_cifar10 import cifar10_dataset  # noqa: E402
 
 from transferkit import build_backbone  # noqa: E402
-from transferkit.features import extract_features  # noqa: E402
-from transferkit.heads import LinearHead  # noqa: E402
+from transferkit.core.features import extract_features  # noqa: E402
+from transferkit.core.heads import LinearHead  # noqa: E402
 
 
 def features(backbone, images, cache_dir):

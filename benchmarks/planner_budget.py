@@ -28,7 +28,7 @@ from _common import ROOT, cifar10_folder, command_line, record  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from transferkit.planner import parse_duration  # noqa: E402
+from transferkit.training.options import parse_duration  # noqa: E402
 
 DATA_DIR = ROOT / ".data"
 TOLERANCE = 1.05  # the bound: the budget plus 5%

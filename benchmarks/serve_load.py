@@ -118,12 +118,12 @@ def main() -> None:
     parser.add_argument("--no-record", action="store_true", help="Print the figures without appending them to BENCHMARKS.md.")
     args = parser.parse_args()
 
-    from transferkit.asis import classify_batches
-    from transferkit.runs import load_run
+    from transferkit.core.asis import classify_batches
+    from transferkit.core.runs import load_run
 
     run_dir = args.run
     if run_dir is None:
-        from transferkit.training import train
+        from transferkit.api import train
 
         run_dir = Path(tempfile.mkdtemp(prefix="serve-load-")) / "run"
         train("digits", run_dir, progress=False, strategy="linear", per_class=20)

@@ -22,8 +22,8 @@ from _common import ROOT, cifar10_folder, command_line, record  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from transferkit.data import LabelledImages, load_data  # noqa: E402
-from transferkit.training import train  # noqa: E402
+from transferkit.core.data import LabelledImages, load_data  # noqa: E402
+from transferkit.api import train  # noqa: E402
 
 # The last layer group(s) fine-tuned on the cached output of the frozen ones (--cache-frozen).
 CACHED = {"strategy": "finetune", "cache_frozen": True, "head_epochs": 0, "lr": 3e-3, "backbone_lr_mult": 0.33, "label_smoothing": 0.1, "batch_size": 128}

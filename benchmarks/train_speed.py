@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import command_line, record  # noqa: E402
 
 from transferkit import build_backbone  # noqa: E402
-from transferkit.backbones import get_spec  # noqa: E402
+from transferkit.core.backbones import get_spec  # noqa: E402
 
 
 def best_seconds(fn, reps: int) -> float:

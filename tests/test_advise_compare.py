@@ -7,11 +7,11 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from transferkit.advice import LARGE_PER_CLASS, advise, decide
+from transferkit.plan.advice import LARGE_PER_CLASS, advise, decide
 from transferkit.cli import app
-from transferkit.comparison import Cell, best, compare, grid
-from transferkit.errors import TransferkitError
-from transferkit.training import train
+from transferkit.plan.comparison import Cell, best, compare, grid
+from transferkit.core.errors import TransferkitError
+from transferkit.api import train
 
 runner = CliRunner()
 
@@ -152,8 +152,8 @@ def test_compare_gives_each_cell_the_options_its_strategy_uses(stripes, tmp_path
 
 
 def test_mlp_head_takes_the_training_options():
-    from transferkit.options import resolve
-    from transferkit.training import _head
+    from transferkit.training.options import resolve
+    from transferkit.training.trainer import _head
 
     head = _head(resolve({"strategy": "mlp", "lr": 0.02, "epochs": 3, "weight_decay": 0.05, "dropout": 0.1, "balance": "weights", "seed": 4}))
     assert (head.lr, head.epochs, head.weight_decay, head.dropout, head.class_weight, head.random_state) == (0.02, 3, 0.05, 0.1, "balanced", 4)

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from transferkit.alexnet_bvlc import BvlcAlexNet, bvlc_state_dict, load_bvlc_npy, make_fake_bvlc_arrays
+from transferkit.core.alexnet_bvlc import BvlcAlexNet, bvlc_state_dict, load_bvlc_npy, make_fake_bvlc_arrays
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from typer.main import get_command
 
 import transferkit
 from transferkit.cli import app
-from transferkit.options import FIELDS
+from transferkit.training.options import FIELDS
 
 PRESENTATION = {"as_json", "progress", "echo", "strict"}  # how a result is shown or checked, not what is computed
 API_ONLY = {"advise": {"max_sample", "image_sizes"}}  # finer controls a notebook may want; the CLI keeps their defaults
@@ -50,7 +50,8 @@ def test_readme_table_of_each_strategys_options_matches_the_registry():
     import re
     from pathlib import Path
 
-    from transferkit.options import SHARED, STRATEGIES, flag
+    from transferkit.training.options import STRATEGIES, flag
+    from transferkit.training.strategies import SHARED
 
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     rows = dict(re.findall(r"^\| `(\w+)` \| ((?:`--[\w-]+`(?:, )?)+) \|$", readme, re.M))

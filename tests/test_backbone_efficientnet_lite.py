@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from transferkit import TransferkitError, WeightsNotFoundError, build_backbone, get_spec, predict
-from transferkit.weights import availability
+from transferkit.core.weights import availability
 
 SCALED = ["efficientnet_lite1", "efficientnet_lite2"]
 
@@ -37,7 +37,7 @@ def test_a_missing_package_names_the_pip_package(monkeypatch):
 
 
 def test_a_package_whose_tensors_do_not_fit_is_refused(monkeypatch):
-    import transferkit.weights as weights
+    import transferkit.core.weights as weights
 
     lite0_file = weights.embedded_file(get_spec("efficientnet_lite0"))
     monkeypatch.setattr(weights, "embedded_file", lambda spec: lite0_file)

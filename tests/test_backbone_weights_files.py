@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from transferkit import REGISTRY, TransferkitError, build_backbone, get_spec
-from transferkit.backbones import build_network
-from transferkit.weights import save_state_dict
+from transferkit.core.backbones import build_network
+from transferkit.core.weights import save_state_dict
 
 NAMES = sorted(REGISTRY)
 WITH_LAYERS = [name for name in NAMES if get_spec(name).has_learned_layers]
@@ -102,7 +102,7 @@ def test_a_safetensors_file_under_another_name_is_read_by_its_content(tmp_path):
 
 def test_a_file_that_fits_no_network_never_initialises_one(tmp_path, monkeypatch):
     """The refusal comes before the real (seconds-long for VGG) build: only the meta-device one runs."""
-    import transferkit.backbones as backbones
+    import transferkit.core.backbones as backbones
 
     built = []
     real = backbones.build_network

@@ -29,7 +29,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from transferkit.cli import app
-from transferkit.errors import ImageError, TransferkitError
+from transferkit.core.errors import ImageError, TransferkitError
 
 runner = CliRunner()
 
@@ -71,8 +71,8 @@ def _images(folder: Path, classes: dict[str, int], size: int = 20, seed: int = 0
 def world(tmp_path_factory) -> dict[str, str]:
     """Every file the cases name, and one tiny trained run (with damaged copies of it)."""
     from transferkit import build_backbone
-    from transferkit.training import train
-    from transferkit.weights import save_state_dict
+    from transferkit.api import train
+    from transferkit.core.weights import save_state_dict
 
     t = tmp_path_factory.mktemp("bad")
     data = _images(t / "data", {"cat": 6, "dog": 6})
@@ -361,7 +361,7 @@ def test_csv_outside_root_with_allow_outside_root(world):
     assert result.exit_code == 0, result.output
     assert sum(s["images"] for s in json.loads(result.stdout)["splits"]) == 6
 
-    from transferkit.evaluation import evaluate_run
+    from transferkit.core.evaluation import evaluate_run
 
     with pytest.raises(TransferkitError, match="is outside"):
         evaluate_run(world["run"], f"{world['csvdir']}/escapes.csv")
@@ -378,7 +378,7 @@ def test_debug_shows_the_traceback(world):
 def test_bomb_is_refused_before_decoding(world, monkeypatch):
     from PIL import ImageFile
 
-    from transferkit.images import load_image
+    from transferkit.core.images import load_image
 
     def no_decoding(self):
         raise RuntimeError("the bomb was decoded")
@@ -428,7 +428,7 @@ DATA_TEXT = st.one_of(
 @given(text=DATA_TEXT, trust=st.booleans())
 @example(text="~nosuchuser-tk\x00", trust=False)  # found by this test: pwd's ValueError for a NUL byte
 def test_fuzz_data_spec_raises_only_transferkit_errors(sandbox, text, trust):
-    from transferkit.data import load_data, parse_data_spec
+    from transferkit.core.data import load_data, parse_data_spec
 
     # Stay inside the sandbox: no absolute paths, no way up, no other user's home (the parser
     # walks the folder DATA names); ~ is the sandbox's home, ~nosuchuser-tk... a missing user.
@@ -450,7 +450,7 @@ IMAGE_PREFIXES = [b"", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"\xff\xd8\xff\xe0
 def test_fuzz_load_image_gives_rgb_or_image_error(tmp_path, prefix, body, valid, cut):
     import io
 
-    from transferkit.images import load_image
+    from transferkit.core.images import load_image
 
     if valid != "none":  # the start of a real image, then random bytes
         buffer = io.BytesIO()

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from transferkit.data import (
+from transferkit.core.data import (
     BottleneckFeatures,
     ImageDataset,
     LabelledImages,
@@ -20,7 +20,7 @@ from transferkit.data import (
     parse_data_spec,
     split_train_val,
 )
-from transferkit.errors import TransferkitError
+from transferkit.core.errors import TransferkitError
 
 
 @pytest.fixture(autouse=True)

@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 
 from transferkit import TransferkitError, build_backbone
-from transferkit.features import extract_features, list_entries, read_entry
+from transferkit.core.features import extract_features, list_entries, read_entry
 
 EXTRACT = textwrap.dedent(
     """
     import sys
     import numpy as np
     from transferkit import build_backbone
-    from transferkit.features import extract_features
+    from transferkit.core.features import extract_features
     rng = np.random.default_rng(0)
     samples = [rng.integers(0, 255, (48, 48, 3), dtype=np.uint8) for _ in range(160)]
     result = extract_features(samples, np.arange(160) % 4, build_backbone("efficientnet_lite0"), data_fingerprint="kill",
@@ -72,7 +72,7 @@ TRAIN = textwrap.dedent(
     import numpy as np
     from pathlib import Path
     from transferkit import build_backbone
-    from transferkit.finetune import FitConfig, fit
+    from transferkit.training.finetune import FitConfig, fit
     rng = np.random.default_rng(0)
     colours = np.array([[200, 40, 40], [40, 190, 60], [50, 60, 210]])
     labels = np.arange(60) % 3
@@ -128,7 +128,7 @@ def tiny():
 
 
 def test_full_disk_stops_with_one_line_and_leaves_no_complete_entry(tmp_path, tiny, monkeypatch):
-    from transferkit.feature_store import FeatureStore
+    from transferkit.core.feature_store import FeatureStore
 
     calls = {"n": 0}
     real = FeatureStore.write_chunk
@@ -184,7 +184,7 @@ def test_two_processes_extracting_at_once_agree(tmp_path, reference):
 TRAIN_CACHED = textwrap.dedent(
     """
     import json, sys
-    from transferkit.training import train
+    from transferkit.api import train
     data, run, mode, cache = sys.argv[1:5]
     train(data, run, resume=mode == "resume", progress=False, model="resnet18", pretrained=False, image_size=32, batch_size=4,
           strategy="finetune", unfreeze="1", cache_frozen=True, epochs=12, head_epochs=1, lr=1e-2, cache_dir=cache)

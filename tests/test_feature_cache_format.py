@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from transferkit import build_backbone
-from transferkit.features import cache_key, extract_features, read_entry
+from transferkit.core.features import cache_key, extract_features, read_entry
 
 RESNET_PREPROCESSING_40 = {
     "input_size": 40,
@@ -63,8 +63,7 @@ PINNED_SHA256 = {
 
 
 def test_entry_files_are_unchanged(tmp_path, resnet, monkeypatch):
-    from transferkit import engines
-
+    from transferkit.core import engines
     monkeypatch.setattr(engines, "make_engine", lambda *args, **kwargs: CountingEngine())
     image = np.full((20, 20, 3), 90, np.uint8)
     samples = [image] * 4 + [tmp_path / "missing.png"] + [image] * 6  # 11 images, chunks of 4: 4 + 4 + 3

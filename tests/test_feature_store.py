@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from transferkit import TransferkitError
-from transferkit.feature_store import FeatureStore
+from transferkit.core.feature_store import FeatureStore
 
 KEY_DESCRIPTION = {"version": 2, "backbone": "toy", "layer": "penultimate"}
 

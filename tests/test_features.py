@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from transferkit import TransferkitError, build_backbone
-from transferkit.features import extract_features, list_entries, read_entry, remove_entries
+from transferkit.core.features import extract_features, list_entries, read_entry, remove_entries
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +99,7 @@ SCRIPT = textwrap.dedent(
     import sys
     import numpy as np
     from transferkit import build_backbone
-    from transferkit.features import extract_features
+    from transferkit.core.features import extract_features
     rng = np.random.default_rng(0)
     samples = [rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) for _ in range(96)]
     backbone = build_backbone("efficientnet_lite0")
@@ -156,7 +156,7 @@ def test_onnxruntime_engine_matches_pytorch(tmp_path, images, resnet):
 
 
 def test_engines_agree_to_a_thousandth_of_the_outputs_scale():
-    from transferkit.engines import parity_error
+    from transferkit.core.engines import parity_error
 
     small = np.array([[0.5, -0.25]], dtype=np.float32)
     assert parity_error(small + 2e-4, small) == pytest.approx(2e-4, rel=1e-3)  # absolute below 1
@@ -165,7 +165,7 @@ def test_engines_agree_to_a_thousandth_of_the_outputs_scale():
 
 
 def test_a_stale_onnx_export_is_exported_again(tmp_path, images, resnet):
-    from transferkit.engines import LayerFeatures, export_onnx
+    from transferkit.core.engines import LayerFeatures, export_onnx
 
     expected = _extract(images, resnet, tmp_path / "reference", engine="torch").features
     first = _extract(images, resnet, tmp_path, engine="onnxruntime", layer="stage3")
@@ -183,7 +183,7 @@ def test_a_stale_onnx_export_is_exported_again(tmp_path, images, resnet):
 
 
 def test_an_engine_that_disagrees_with_pytorch_is_refused_after_one_fresh_export(tmp_path, images, resnet, monkeypatch):
-    import transferkit.engines as engines
+    import transferkit.core.engines as engines
 
     _extract(images, resnet, tmp_path, engine="onnxruntime")  # leaves a good export in the cache
     monkeypatch.setattr(engines, "PARITY_ATOL", -1.0)  # nothing agrees now
@@ -200,8 +200,8 @@ def _mean_cosine(a, b):
 
 
 def test_int8_extraction_agrees_with_float32_and_is_keyed_by_its_calibration(tmp_path, images, resnet):
-    from transferkit.data import LabelledImages
-    from transferkit.features import cache_key
+    from transferkit.core.data import LabelledImages
+    from transferkit.core.features import cache_key
 
     float32 = _extract(images, resnet, tmp_path, engine="torch")
     int8 = _extract(images, resnet, tmp_path, quantize="int8")  # auto means ONNX Runtime here, whatever the count
@@ -230,8 +230,7 @@ def test_unknown_engine(tmp_path, images, resnet):
 
 
 def test_engines_run_on_the_gpu_where_there_is_one_and_onnxruntime_on_the_cpu(tmp_path, resnet, monkeypatch):
-    from transferkit import engines
-
+    from transferkit.core import engines
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert engines.default_device().type == "cpu"
     assert engines.make_engine("torch", resnet, "penultimate", 40, tmp_path).device.type == "cpu"
@@ -250,7 +249,7 @@ def test_engines_run_on_the_gpu_where_there_is_one_and_onnxruntime_on_the_cpu(tm
 
 
 def test_torch_engine_normalises_uint8_images_itself(resnet):
-    from transferkit.engines import LayerFeatures, TorchEngine
+    from transferkit.core.engines import LayerFeatures, TorchEngine
 
     image = np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)
     engine = TorchEngine(LayerFeatures(resnet, "penultimate"), "cpu", normalize=resnet.spec.normalize)
@@ -259,7 +258,7 @@ def test_torch_engine_normalises_uint8_images_itself(resnet):
 
 
 def test_float32_convolutions_switch_cudnn_from_tf32_and_back():
-    from transferkit.engines import float32_convolutions
+    from transferkit.core.engines import float32_convolutions
 
     before = torch.backends.cudnn.allow_tf32
     with float32_convolutions():
@@ -280,8 +279,7 @@ def test_float32_convolutions_switch_cudnn_from_tf32_and_back():
 
 
 def test_a_gpu_engine_gets_uint8_images_and_onnxruntime_is_not_imported_for_it(tmp_path, images, resnet, monkeypatch):
-    from transferkit import engines
-
+    from transferkit.core import engines
     seen = []
 
     class GpuEngine:  # what make_engine gives beside a GPU, without needing one

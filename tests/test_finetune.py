@@ -16,9 +16,9 @@ import pytest
 import torch
 from torch import nn
 
-from transferkit.backbones import build_backbone
-from transferkit.errors import TransferkitError
-from transferkit.finetune import EpochSampler, FitConfig, GroupOutputs, ImageClassifier, collate, fit
+from transferkit.core.backbones import build_backbone
+from transferkit.core.errors import TransferkitError
+from transferkit.training.finetune import EpochSampler, FitConfig, GroupOutputs, ImageClassifier, collate, fit
 
 COLOURS = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200]])
 
@@ -262,8 +262,8 @@ import json, sys, time
 sys.path.insert(0, {tests!r})
 from pathlib import Path
 from test_finetune import RESUME_CONFIG, config, make_data
-from transferkit.backbones import build_backbone
-from transferkit.finetune import fit
+from transferkit.core.backbones import build_backbone
+from transferkit.training.finetune import fit
 
 class Slow(list):  # slow enough for the parent to kill the first run in its third epoch
     def __getitem__(self, index):
@@ -327,7 +327,7 @@ def test_resume_after_sigkill_continues_the_same_run(tmp_path):
 def test_threads_and_workers_never_exceed_the_cores(monkeypatch):
     """torch's threads + loader workers stay within the cores this process may use, so that a
     competing process slows a run in proportion (oversubscribed, `make demo` took 6x as long)."""
-    from transferkit.loader import share_cores
+    from transferkit.core.loader import share_cores
 
     threads = []
     monkeypatch.setattr(torch, "set_num_threads", threads.append)
@@ -339,7 +339,7 @@ def test_threads_and_workers_never_exceed_the_cores(monkeypatch):
 
 
 def test_precision_auto_is_bf16_mixed_on_a_bfloat16_gpu_only(monkeypatch):
-    from transferkit.finetune import _loader, DecodedLabelledImages, on_gpu, resolve_precision
+    from transferkit.training.finetune import _loader, DecodedLabelledImages, on_gpu, resolve_precision
 
     assert resolve_precision(FitConfig(precision="16-mixed")) == "16-mixed"  # what the user asked for stays
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)  # a 16-core machine
@@ -363,7 +363,7 @@ def test_precision_auto_is_bf16_mixed_on_a_bfloat16_gpu_only(monkeypatch):
 @pytest.mark.filterwarnings("ignore:'pin_memory' argument is set as true")  # the GPU's loader settings, on a CPU
 @pytest.mark.parametrize("precision", ["32-true", "bf16-true"])
 def test_uint8_batches_are_normalised_on_the_device_in_the_precision_s_type(tmp_path, monkeypatch, precision):
-    import transferkit.finetune as finetune
+    import transferkit.training.finetune as finetune
 
     float_run, _ = run(tmp_path / "float", epochs=1, precision=precision)
     monkeypatch.setattr(finetune, "on_gpu", lambda config: True)  # the GPU's uint8 batches, on the CPU

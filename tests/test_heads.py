@@ -12,7 +12,7 @@ from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from transferkit.heads import SCALINGS, _pick_c, LinearHead, MLPHead, NumpyDropout, PowerL2Norm, SVMHead, head_module, make_head, power_l2
+from transferkit.core.heads import SCALINGS, _pick_c, LinearHead, MLPHead, NumpyDropout, PowerL2Norm, SVMHead, head_module, power_l2
 
 
 @pytest.fixture(scope="module")
@@ -71,9 +71,9 @@ def test_power_l2_norm_matches_numpy():
     assert np.allclose(np.linalg.norm(power_l2(X), axis=1), 1)
 
 
-def test_unknown_head():
-    with pytest.raises(ValueError, match="unknown head"):
-        make_head("tree")
+def test_unknown_head_layout():
+    with pytest.raises(ValueError, match="unknown head type"):
+        head_module({"type": "tree", "dims": [4, 2]})
 
 
 def test_warm_started_c_path_chooses_as_a_grid_search_does(blobs):

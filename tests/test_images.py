@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from transferkit.errors import ImageError
-from transferkit.images import load_image
+from transferkit.core.errors import ImageError
+from transferkit.core.images import load_image
 
 
 def _save(image, path, **kwargs):

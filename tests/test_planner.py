@@ -4,11 +4,12 @@ import os
 
 import pytest
 
-from transferkit import planner, throughput
-from transferkit.errors import TransferkitError
-from transferkit.options import resolve
-from transferkit.planner import Candidate, CostModel, DataSizes, choose, parse_duration, successive_halving, with_user_options
-from transferkit.throughput import Workload, cpu_budget, split_cores
+from transferkit.core import throughput
+from transferkit.core.errors import TransferkitError
+from transferkit.plan import planner
+from transferkit.plan.planner import LAST_GROUPS_SCHEDULE, WHOLE_NETWORK_SCHEDULE, Candidate, CostModel, DataSizes, choose, with_user_options
+from transferkit.training.options import format_duration, parse_duration, resolve
+from transferkit.core.throughput import Workload, cpu_budget, split_cores
 
 # --------------------------------------------------------------------------- durations
 
@@ -28,7 +29,7 @@ def test_parse_duration_errors_say_what_to_write(text, says):
 
 @pytest.mark.parametrize("seconds", [1, 59, 60, 95, 3600, 5461])
 def test_format_duration_reads_back(seconds):
-    assert parse_duration(planner.format_duration(seconds)) == seconds
+    assert parse_duration(format_duration(seconds)) == seconds
 
 
 # --------------------------------------------------------------------------- choosing on synthetic tables
@@ -91,8 +92,24 @@ def test_plan_table_and_command():
 # --------------------------------------------------------------------------- the user's options stay fixed
 
 
+def searched_recipes(models=("efficientnet_lite0", "pixels")) -> list[dict]:
+    """Recipes of the kinds auto searches: heads at two sizes (with and without flip TTA), the last
+    groups and the whole network fine-tuned, and on raw pixels a linear model and an RBF SVM."""
+    recipes = []
+    for model in models:
+        if model == "pixels":
+            recipes += [{"strategy": "linear", "model": model}, {"strategy": "svm", "model": model, "kernel": "rbf"}]
+            continue
+        for size in (64, 128):
+            recipes += [{"strategy": "linear", "model": model, "image_size": size}, {"strategy": "linear", "model": model, "image_size": size, "flip_tta": True},
+                        {"strategy": "mlp", "model": model, "image_size": size},
+                        {**LAST_GROUPS_SCHEDULE, "unfreeze": "2", "model": model, "image_size": size, "epochs": 3, "augment": "light"}]  # fmt: skip
+        recipes.append({**WHOLE_NETWORK_SCHEDULE, "model": model, "image_size": 64, "epochs": 3, "augment": "light"})
+    return recipes
+
+
 def test_user_options_are_fixed_in_every_recipe():
-    searched = planner.search_space(["efficientnet_lite0", "pixels"], n_train=5000, n_classes=10)
+    searched = searched_recipes()
     given = {"strategy": "auto", "image_size": 96, "epochs": 5, "seed": 3, "layer": None}
     kept, dropped = with_user_options(searched, given)
     assert kept
@@ -110,22 +127,12 @@ def test_user_options_are_fixed_in_every_recipe():
 
 
 def test_a_strategy_the_user_set_means_exactly_that_strategy():
-    searched = planner.search_space(["efficientnet_lite0"], n_train=5000, n_classes=10)
+    searched = searched_recipes(["efficientnet_lite0"])
     kept, _ = with_user_options(searched, {"strategy": "finetune", "augment": "none"})
     assert kept and {o.strategy for o in kept} == {"finetune"} and {o.augment for o in kept} == {"none"}
     # recipes that differ only in an option the user fixed merge
     kept_sizes, _ = with_user_options(searched, {"strategy": "linear", "image_size": 64})
     assert len({(o.layer, o.flip_tta) for o in kept_sizes}) == len(kept_sizes)
-
-
-def test_search_space_without_mirroring_has_no_mirror_augmentation_or_flip_tta():
-    searched = planner.search_space(["efficientnet_lite0"], n_train=500, n_classes=10, mirror=False)
-    kept, _ = with_user_options(searched, {})
-    assert kept and not any(o.flip_tta for o in kept)
-    assert {o.augment for o in kept if o.strategy in ("frozen", "finetune")} == {"none"}
-    assert not [o for o in kept if o.strategy == "scratch"]  # 50 a class is far from large
-    large, _ = with_user_options(planner.search_space(["efficientnet_lite0"], n_train=20000, n_classes=10), {})
-    assert [o for o in large if o.strategy == "scratch"]
 
 
 # synthetic images/s per workload kind: extraction 100/s, a whole-network step 10/s, two cached groups 80/s
@@ -160,11 +167,11 @@ def test_cost_model_prices_each_strategy_from_the_rates():
 
 
 def test_planner_on_a_synthetic_table_respects_budget_and_user_options():
-    """search space -> the user's options -> costs from a rate table -> accuracies from a table -> choice."""
+    """recipes -> the user's options -> costs from a rate table -> accuracies from a table -> choice."""
     expected = {"linear": 0.82, "svm": 0.80, "mlp": 0.83, "frozen": 0.84, "finetune": 0.93, "scratch": 0.7}
     model = CostModel(synthetic_rate)
     sizes = DataSizes(train=4000, val=1000, test=1000)
-    searched = planner.search_space(["efficientnet_lite0", "pixels"], n_train=sizes.train, n_classes=10)
+    searched = searched_recipes()
     for given, budget in (({}, 120), ({}, 3600), ({"image_size": 64}, 3600), ({"strategy": "linear"}, 3600), ({"augment": "none", "epochs": 2}, 900)):
         kept, _ = with_user_options(searched, given)
         candidates = [Candidate(o, model.cost(o, sizes), expected[o.strategy] + (0.01 if o.model == "pixels" else 0.0)) for o in kept]
@@ -197,78 +204,6 @@ def test_extrapolation_recovers_a_power_law_and_never_falls():
 
 
 # --------------------------------------------------------------------------- successive halving
-
-
-class FakeClock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self):
-        return self.now
-
-
-def halving_setup(true_accuracy, costs, slowdown=1.0, fail=()):
-    clock = FakeClock()
-    candidates = [cand("linear", cost, 0.5, seed=i) for i, cost in enumerate(costs)]  # the same prior: only the trials tell them apart
-    calls = []
-
-    def evaluate(candidate, fraction):
-        i = candidate.options.seed
-        calls.append((i, fraction))
-        clock.now += candidate.cost_s * fraction * slowdown
-        if i in fail:
-            raise RuntimeError("out of memory")
-        return true_accuracy[i] * (0.7 + 0.3 * fraction)  # more work, better; the order stays
-
-    return candidates, evaluate, clock, calls
-
-
-def test_successive_halving_finds_the_best_and_commits_to_it():
-    true = [0.6, 0.9, 0.7, 0.8, 0.95, 0.5, 0.75, 0.85, 0.65]
-    candidates, evaluate, clock, calls = halving_setup(true, [100] * 9)
-    result = successive_halving(candidates, evaluate, budget_s=1000, clock=clock)
-    assert result.winner.options.seed == 4 and result.fraction == 1.0
-    assert clock.now <= 1000
-    fractions = {}
-    for i, fraction in calls:
-        fractions[i] = max(fractions.get(i, 0), fraction)
-    assert fractions[5] == pytest.approx(1 / 9)  # the worst trained on a ninth only
-    assert sorted(i for i, f in fractions.items() if f > 1 / 9) == [1, 4, 7]  # a third go on
-    assert result.slowdown == pytest.approx(1.0)
-
-
-def test_successive_halving_holds_the_budget_on_a_slower_machine():
-    true = [0.6, 0.9, 0.7, 0.8]
-    candidates, evaluate, clock, calls = halving_setup(true, [100] * 4, slowdown=2.5)
-    result = successive_halving(candidates, evaluate, budget_s=400, clock=clock)
-    assert clock.now <= 400
-    assert result.winner.options.seed == 1 and 1 / 3 < result.fraction < 1.0  # the commit trained on what was left
-    assert [t.fraction for t in result.trials if t.candidate.options.seed == 1][-1] == result.fraction
-    assert result.slowdown == pytest.approx(2.5)
-    assert any("does not fit" in note for note in result.notes)
-
-
-def test_successive_halving_drops_a_failing_candidate_and_skips_what_does_not_fit():
-    candidates, evaluate, clock, _ = halving_setup([0.99, 0.6, 0.7], [100, 100, 10_000], fail={0})
-    result = successive_halving(candidates, evaluate, budget_s=500, clock=clock)
-    assert result.winner.options.seed == 1 or result.winner.options.seed == 2
-    notes = {t.candidate.options.seed: t.note for t in result.trials if t.note}
-    assert notes[0].startswith("failed: out of memory") and notes[2].startswith("skipped")
-    assert result.winner.options.seed == 1 and clock.now <= 500
-
-
-def test_successive_halving_with_nothing_affordable():
-    candidates, evaluate, clock, calls = halving_setup([0.9], [1000])
-    result = successive_halving(candidates, evaluate, budget_s=10, clock=clock)
-    assert result.winner is not None and result.fraction < 0.01  # one candidate: it trains on what fits
-    candidates, evaluate, clock, calls = halving_setup([0.9, 0.8], [1000, 1000])
-    result = successive_halving(candidates, evaluate, budget_s=10, clock=clock)
-    assert result.winner is None and not calls and "no candidate" in result.notes[-1]
-
-
-def test_shortlist_keeps_the_most_accurate_that_fit():
-    a, b, c = cand("linear", 10, 0.8), cand("mlp", 20, 0.85), cand("finetune", 2000, 0.95)
-    assert planner.shortlist([a, b, c], 600, k=2) == [b, a]
 
 
 # --------------------------------------------------------------------------- cores and throughput

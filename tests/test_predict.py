@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-import transferkit.asis as asis
+import transferkit.core.asis as asis
 from transferkit import predict
 from transferkit.cli import app
 
@@ -91,7 +91,7 @@ def test_folder_of_100_images_in_batches_with_progress(tmp_path, lite0, monkeypa
             yield batch
 
     monkeypatch.setattr(asis, "iterate_batches", counting)
-    monkeypatch.setattr("transferkit.asis.build_backbone", lambda *a, **k: lite0)
+    monkeypatch.setattr("transferkit.core.asis.build_backbone", lambda *a, **k: lite0)
     result = runner.invoke(app, ["predict", str(tmp_path), "--batch-size", "32", "--image-size", "64", "--top-k", "1", "--json"])
     assert result.exit_code == 0, result.output
     assert batches == [32, 32, 32, 4]

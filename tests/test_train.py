@@ -10,10 +10,10 @@ from typer.testing import CliRunner
 
 from transferkit import TransferkitError, build_backbone
 from transferkit.cli import app
-from transferkit.evaluation import evaluate_run
-from transferkit.features import list_entries
-from transferkit.runs import load_run
-from transferkit.training import train
+from transferkit.core.evaluation import evaluate_run
+from transferkit.core.features import list_entries
+from transferkit.core.runs import load_run
+from transferkit.api import train
 
 runner = CliRunner()
 COLOURS = {"red": (200, 40, 40), "green": (40, 190, 60), "blue": (50, 60, 210)}
@@ -95,8 +95,7 @@ def test_an_end_to_end_run_is_scored_on_onnxruntime_after_its_weights_are_saved(
 
 
 def test_auto_scoring_falls_back_to_pytorch_where_onnxruntime_fails(tmp_path, colours, monkeypatch):
-    from transferkit import engines
-
+    from transferkit.core import engines
     train(colours, tmp_path / "run", progress=False, strategy="linear", cache_dir=str(tmp_path / "cache"), **FAST)
     run = load_run(tmp_path / "run")
     images = sorted((colours / "test" / "red").glob("*.png"))

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from transferkit import TransferkitError, WeightsNotFoundError, build_backbone, get_spec
-from transferkit.weights import availability, cache_path, save_state_dict
+from transferkit.core.weights import availability, cache_path, save_state_dict
 
 
 def _same(a, b):
@@ -108,7 +108,7 @@ def test_missing_weights_file(tmp_path):
 def test_bvlc_alexnet_npy_needs_trust(tmp_path):
     import numpy as np
 
-    from transferkit.alexnet_bvlc import make_fake_bvlc_arrays
+    from transferkit.core.alexnet_bvlc import make_fake_bvlc_arrays
 
     path = tmp_path / "bvlc-alexnet.npy"
     np.save(path, make_fake_bvlc_arrays(), allow_pickle=True)

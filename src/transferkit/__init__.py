@@ -3,15 +3,16 @@
 The functions here are the CLI's commands, by the same names and options (see api.py).
 """
 
-from transferkit.backbones import REGISTRY, Backbone, BackboneSpec, build_backbone, get_spec, list_models, load_backbone
-from transferkit.errors import ImageError, TransferkitError, WeightsNotFoundError
-from transferkit.asis import predict
+from transferkit.core.backbones import REGISTRY, Backbone, BackboneSpec, build_backbone, get_spec, list_models, load_backbone
+from transferkit.core.errors import ImageError, TransferkitError, WeightsNotFoundError
+from transferkit.core.asis import predict
 from transferkit.api import TrainResult, advise, classify, compare, evaluate, export, extract, load_run, train
-from transferkit.options import TrainOptions
+from transferkit.training.options import TrainOptions
+from transferkit.core import __version__
 
-__version__ = "0.1.0"
 
 __all__ = [
+    "__version__",
     "REGISTRY",
     "Backbone",
     "BackboneSpec",

@@ -11,20 +11,51 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from transferkit.advice import advise
-from transferkit.errors import TransferkitError
-from transferkit.options import DEFAULT_MODEL
-from transferkit.runs import Run, load_run
-from transferkit.training import TrainResult, train
+from transferkit.core.data import ImageDataset, load_data
+from transferkit.core.errors import TransferkitError
+from transferkit.core.runs import Run, load_run
+from transferkit.plan import advice, auto
+from transferkit.training.options import DEFAULT_MODEL
+from transferkit.training.trainer import TrainResult
 
 __all__ = ["TrainResult", "advise", "classify", "compare", "evaluate", "export", "extract", "load_run", "train"]
+
+
+def train(data, out: str | os.PathLike | None = None, *, resume: bool = False, progress: bool = True, **options) -> TrainResult:
+    """Train a classifier on ``data`` (a DATA string or a loaded ImageDataset) and save the run in ``out``.
+
+    ``options`` are those of `transferkit train`, by the names of :class:`~transferkit.training.options.TrainOptions`.
+    Without ``strategy`` (``auto``) the recipe is planned on the data within ``time_budget``
+    (:mod:`transferkit.plan.auto`), then trained with the options it chose and its training time
+    as a limit; with one, that strategy exactly (an option it does not use is refused).  ``resume``
+    continues an interrupted end-to-end run from its last checkpoint, with the options it recorded.
+    """
+    return auto.train(data, out, resume=resume, progress=progress, **options)
+
+
+def advise(data, *, model: str = DEFAULT_MODEL, pretrained: bool = True, weights: str | None = None, sample_per_class: int = 50,
+           max_sample: int = 1000, image_sizes: Sequence[int] | None = None, cache_dir=None, seed: int = 0, progress: bool = True,
+           trust_pickle: bool = False, allow_outside_root: bool = False, time_budget: str | None = None) -> advice.Advice:  # fmt: skip
+    """Measure ``data`` and recommend a strategy, layer and input size, with the evidence
+    (:func:`transferkit.plan.advice.advise`).  With ``time_budget`` ("20m"): the planner's dry run
+    instead, the measurements `train --time-budget` makes and the recipe it would train."""
+    if time_budget is None:
+        return advice.advise(data, model=model, pretrained=pretrained, weights=weights, sample_per_class=sample_per_class, max_sample=max_sample,
+                             image_sizes=image_sizes, cache_dir=cache_dir, seed=seed, progress=progress, trust_pickle=trust_pickle,
+                             allow_outside_root=allow_outside_root)  # fmt: skip
+    dataset = data if isinstance(data, ImageDataset) else load_data(str(data), seed=seed, trust_pickle=trust_pickle, allow_outside_root=allow_outside_root)
+    if not isinstance(dataset, ImageDataset):
+        raise TransferkitError(f"{data} holds precomputed features: advice needs images")
+    given = {"model": model if model != DEFAULT_MODEL else None, "weights": weights, "pretrained": None if pretrained else False,
+             "cache_dir": None if cache_dir is None else str(cache_dir), "seed": seed or None, "time_budget": time_budget}  # fmt: skip
+    return auto.dry_run(data if isinstance(data, str) else dataset.name, dataset, {k: v for k, v in given.items() if v is not None}, progress)
 
 
 def evaluate(run: str | os.PathLike | Run, data, *, split: str | None = None, batch_size: int = 32, engine: str = "auto",
              trust_pickle: bool = False, allow_outside_root: bool = False) -> dict:  # fmt: skip
     """Accuracy, per-class precision/recall and confusion matrix of a trained run on labelled ``data``
     (the ``test`` split if it has one, else all of it, unless ``split`` says)."""
-    from transferkit.evaluation import evaluate_run
+    from transferkit.core.evaluation import evaluate_run
 
     return evaluate_run(run, data, split=split, trust_pickle=trust_pickle, batch_size=batch_size, allow_outside_root=allow_outside_root, engine=engine)
 
@@ -43,10 +74,10 @@ def extract(data, *, model: str = DEFAULT_MODEL, layer: str = "penultimate", ima
             quantize: str | None = None, seed: int = 0, engine: str = "auto", devices: int | str = 1, num_nodes: int = 1,
             chunk_batches: int = 16, progress: bool = True) -> dict[str, Any]:  # fmt: skip
     """Compute (or reuse) the cached bottleneck features of each split of ``data``: {split: CachedFeatures}."""
-    from transferkit.backbones import build_backbone
-    from transferkit.data import ImageDataset, load_data
-    from transferkit.distributed import launch
-    from transferkit.features import extract_features
+    from transferkit.core.backbones import build_backbone
+    from transferkit.core.data import ImageDataset, load_data
+    from transferkit.core.distributed import launch
+    from transferkit.core.features import extract_features
 
     dataset = data if isinstance(data, ImageDataset) else load_data(str(data), trust_pickle=trust_pickle, seed=seed, allow_outside_root=allow_outside_root)
     if not isinstance(dataset, ImageDataset):
@@ -72,8 +103,8 @@ def compare(data, *, models: Sequence[str] | str = (DEFAULT_MODEL,), strategies:
             echo=print, **options) -> list[dict]:  # fmt: skip
     """Every model x strategy (x layer for the heads) on ``data``, as a leaderboard in ``out``;
     ``options`` are `train`'s, each given to the cells whose strategy uses it."""
-    from transferkit.comparison import compare as run_cells
-    from transferkit.comparison import grid
+    from transferkit.plan.comparison import compare as run_cells
+    from transferkit.plan.comparison import grid
 
     def names(value):
         return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else list(value)
@@ -83,7 +114,7 @@ def compare(data, *, models: Sequence[str] | str = (DEFAULT_MODEL,), strategies:
 
 def export(run: str | os.PathLike, *, format: str = "onnx", out: str | os.PathLike | None = None) -> dict:
     """The run's network as ONNX or TorchScript, checked against PyTorch's outputs: {path, max_abs_difference, ...}."""
-    from transferkit.exporter import export_run
+    from transferkit.core.exporter import export_run
 
     return export_run(run, format, out)
 

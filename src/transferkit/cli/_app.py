@@ -17,7 +17,7 @@ from typing import Any, Callable
 import typer
 from typer.core import TyperGroup
 
-from transferkit.errors import TransferkitError
+from transferkit.core.errors import TransferkitError
 
 # Click's exception base, as the Typer in use raises it (recent Typers vendor their own Click).
 COMMAND_LINE_ERRORS = tuple(cls for cls in typer.BadParameter.__mro__ if cls.__name__ == "ClickException")

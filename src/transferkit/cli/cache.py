@@ -18,7 +18,7 @@ app.add_typer(cache_app, name="cache")
 @command("list", app=cache_app)
 def list_cache(cache_dir: Path = CACHE_DIR, as_json: bool = JSON) -> None:
     """List cached feature sets: backbone, layer, data, size, complete or not; and the ONNX exports' size."""
-    from transferkit.feature_store import FeatureStore
+    from transferkit.core.feature_store import FeatureStore
 
     store = FeatureStore(cache_dir)
     entries = store.entries()
@@ -45,8 +45,8 @@ def remove_cache(
     cache_dir: Path = CACHE_DIR,
 ) -> None:
     """Remove cache entries by key, the ONNX exports with --engines, or all of them with --all."""
-    from transferkit.errors import TransferkitError
-    from transferkit.feature_store import FeatureStore
+    from transferkit.core.errors import TransferkitError
+    from transferkit.core.feature_store import FeatureStore
 
     store = FeatureStore(cache_dir)
     if remove_all:

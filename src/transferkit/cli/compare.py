@@ -8,7 +8,7 @@ import typer
 
 from transferkit.cli._app import ALLOW_OUTSIDE_ROOT, JSON, TRUST_PICKLE, command, print_json
 from transferkit.cli.extract import CACHE_DIR
-from transferkit.errors import TransferkitError
+from transferkit.core.errors import TransferkitError
 
 
 @command("compare")

@@ -13,7 +13,7 @@ from transferkit.cli._app import command
 
 def demo_cells(model: str, image_size: int | None, epochs: int):
     """What pretraining buys, side by side: raw pixels, features of two depths, a short fine-tune."""
-    from transferkit.comparison import Cell
+    from transferkit.plan.comparison import Cell
 
     sized = (("image_size", image_size),)
     return [
@@ -35,7 +35,7 @@ def demo(
     epochs: int = typer.Option(5, "--epochs", min=1, help="Epochs of the fine-tuning cell."),
 ) -> None:
     """Compare transfer-learning strategies on DATA and write a leaderboard with plots."""
-    from transferkit.comparison import best, compare
+    from transferkit.plan.comparison import best, compare
 
     size = image_size or (64 if data == "digits" else None)
     rows = compare(data, demo_cells(model, size, epochs), out, progress=True, echo=typer.echo, batch_size=32)

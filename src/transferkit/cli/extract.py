@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from transferkit.cli._app import ALLOW_OUTSIDE_ROOT, ENGINE, JSON, MODEL, NO_PRETRAINED, TRUST_PICKLE, WEIGHTS, command, one_line, print_json
-from transferkit.errors import TransferkitError
+from transferkit.core.errors import TransferkitError
 
 LAYER = typer.Option("penultimate", "--layer", help="penultimate, stageN for pooled features of an earlier stage, or groupN for layer group N's unpooled output, flattened (large).")
 FLIP_TTA = typer.Option(

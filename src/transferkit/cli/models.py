@@ -6,9 +6,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from transferkit.registry import REGISTRY, list_models
+from transferkit.core.registry import REGISTRY, list_models
 from transferkit.cli._app import JSON, command, print_json
-from transferkit.weights import availability
+from transferkit.core.weights import availability
 
 
 @command("models")

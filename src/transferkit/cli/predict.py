@@ -6,10 +6,10 @@ from pathlib import Path
 
 import typer
 
-from transferkit.asis import predict as run_predict
-from transferkit.backbones import get_spec
+from transferkit.core.asis import predict as run_predict
+from transferkit.core.backbones import get_spec
 from transferkit.cli._app import ENGINE, JSON, MODEL, TRUST_PICKLE, WEIGHTS, command, one_line, print_json, printable
-from transferkit.errors import TransferkitError
+from transferkit.core.errors import TransferkitError
 
 
 @command("predict")

@@ -20,7 +20,7 @@ def report(
     allow_outside_root: bool = ALLOW_OUTSIDE_ROOT,
 ) -> None:
     """Write RUN/report.html: accuracy with its 95% interval, per-class table, confusion matrix, learning curves and the mistakes, as thumbnails."""
-    from transferkit.html_report import rebuild_report
+    from transferkit.core.html_report import rebuild_report
 
     if split is not None and data is None:
         raise typer.BadParameter("--split needs --data (without it the report shows the run's own val and test splits)")

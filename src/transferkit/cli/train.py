@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from transferkit.cli._app import ALLOW_OUTSIDE_ROOT, ENGINE, JSON, TRUST_PICKLE, command, print_json
-from transferkit.options import FIELDS, STRATEGIES, TrainOptions, flag, value_type
+from transferkit.training.options import FIELDS, STRATEGIES, TrainOptions, flag, value_type
 
 
 def _cli_parameters() -> list[inspect.Parameter]:
@@ -47,7 +47,7 @@ def train(
     **options,
 ) -> None:
     """Train a classifier on DATA with a pretrained backbone and the chosen strategy."""
-    from transferkit.training import train as run_train
+    from transferkit.api import train as run_train
 
     result = run_train(data, out, resume=resume, progress=True, **_given(options))
     summary = result.metrics["summary"]

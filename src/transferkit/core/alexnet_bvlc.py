@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from transferkit.errors import TransferkitError
+from transferkit.core.errors import TransferkitError
 
 # The weights expect 0..255 pixels minus a mean pixel (Caffe's ImageNet mean is about RGB 123, 117, 104;
 # the lab subtracted each image's own mean).  As a Normalize spec on [0, 1] RGB: subtract, then times 255.

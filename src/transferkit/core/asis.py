@@ -7,10 +7,10 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from transferkit.backbones import DEFAULT_MODEL, Backbone, build_backbone
-from transferkit.engines import scoring_engine
-from transferkit.errors import TransferkitError
-from transferkit.loader import ImageSource, expand_paths, iterate_batches
+from transferkit.core.backbones import DEFAULT_MODEL, Backbone, build_backbone
+from transferkit.core.engines import scoring_engine
+from transferkit.core.errors import TransferkitError
+from transferkit.core.loader import ImageSource, expand_paths, iterate_batches
 
 
 def classify_batches(
@@ -26,7 +26,7 @@ def classify_batches(
 ) -> list[dict]:
     """Top-k classes per image, in input order; a bad image gets ``{"error": reason}``.
 
-    ``engine`` maps a batch of images to class scores (see :mod:`transferkit.engines`).
+    ``engine`` maps a batch of images to class scores (see :mod:`transferkit.core.engines`).
     """
     sources = expand_paths(sources)
     k = min(top_k, len(categories))

@@ -5,9 +5,9 @@ an image batch to pooled penultimate features of ``feature_dim`` columns, and a 
 ``classifier`` on top.  The split point is the spec's ``classifier`` path inside the library's
 own network, so the library's checkpoints load unchanged before the split.
 
-The spec (:mod:`transferkit.spec`), the named specs (:mod:`transferkit.registry`), the
-preprocessing (:mod:`transferkit.transforms`) and where weights come from
-(:mod:`transferkit.weights`) each have a module of their own; the names other modules used to
+The spec (:mod:`transferkit.core.spec`), the named specs (:mod:`transferkit.core.registry`), the
+preprocessing (:mod:`transferkit.core.transforms`) and where weights come from
+(:mod:`transferkit.core.weights`) each have a module of their own; the names other modules used to
 import from here still import from here.
 """
 
@@ -22,13 +22,13 @@ import torchvision.models as tvm
 from torch import nn
 from torchvision.transforms import v2
 
-from transferkit.alexnet_bvlc import BvlcAlexNet
-from transferkit.baselines import LeNet, Pixels
-from transferkit.errors import TransferkitError
-from transferkit.registry import DEFAULT_MODEL, REGISTRY, get_spec, list_models, register
-from transferkit.spec import IMAGENET_MEAN, IMAGENET_STD, TF_MEAN, TF_STD, BackboneSpec, parse_layer
-from transferkit.transforms import UpscaleWithoutBorderLoss
-from transferkit.weights import load_pretrained, read_weights_file
+from transferkit.core.alexnet_bvlc import BvlcAlexNet
+from transferkit.core.baselines import LeNet, Pixels
+from transferkit.core.errors import TransferkitError
+from transferkit.core.registry import DEFAULT_MODEL, REGISTRY, get_spec, list_models, register
+from transferkit.core.spec import IMAGENET_MEAN, IMAGENET_STD, TF_MEAN, TF_STD, BackboneSpec, parse_layer
+from transferkit.core.transforms import UpscaleWithoutBorderLoss
+from transferkit.core.weights import load_pretrained, read_weights_file
 
 __all__ = [
     "Backbone", "build_network", "build_backbone", "load_backbone",

@@ -21,9 +21,9 @@ from typing import Sequence
 
 import numpy as np
 
-from transferkit.errors import TransferkitError
-from transferkit.images import is_image_file
-from transferkit.loader import ImageSource
+from transferkit.core.errors import TransferkitError
+from transferkit.core.images import is_image_file
+from transferkit.core.loader import ImageSource
 
 FORMS = "an image folder, file.csv, cifar10[:ROOT], gtsrb[:ROOT], file.p with --trust-pickle, or digits"
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
@@ -360,7 +360,7 @@ def _cifar10(root: Path, val_fraction: float, seed: int) -> ImageDataset:
     from torchvision.datasets import CIFAR10
     from torchvision.datasets.utils import check_integrity
 
-    from transferkit.weights import offline
+    from transferkit.core.weights import offline
 
     folder = root / CIFAR10.base_folder
     expected = CIFAR10.train_list + CIFAR10.test_list + [[CIFAR10.meta["filename"], CIFAR10.meta["md5"]]]
@@ -388,7 +388,7 @@ def _cifar10(root: Path, val_fraction: float, seed: int) -> ImageDataset:
 
 
 def _gtsrb(root: Path, val_fraction: float, seed: int) -> ImageDataset:
-    from transferkit.weights import offline
+    from transferkit.core.weights import offline
 
     # (training class folders, test images, candidate test label files) of the layouts with ppm trees
     official = (root / "GTSRB/Final_Training/Images", root / "GTSRB/Final_Test/Images",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from transferkit.errors import TransferkitError
+from transferkit.core.errors import TransferkitError
 
 
 def launch(devices: int | str = 1, num_nodes: int = 1, accelerator: str = "auto"):

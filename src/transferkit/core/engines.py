@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from transferkit.backbones import Backbone
-from transferkit.errors import TransferkitError
-from transferkit.feature_store import FeatureStore
+from transferkit.core.backbones import Backbone
+from transferkit.core.errors import TransferkitError
+from transferkit.core.feature_store import FeatureStore
 
 ENGINES = ("auto", "torch", "onnxruntime")
 PARITY_ATOL = 1e-3  # see parity_error
@@ -83,7 +83,7 @@ def _same_device(a: torch.device, b: torch.device) -> bool:
 class TorchEngine:
     """``model`` run eagerly: inference mode, on ``device`` (default: :func:`default_device`), channels-last where that is faster.
 
-    With ``normalize`` (the backbone's :meth:`~transferkit.backbones.BackboneSpec.normalize`) it also
+    With ``normalize`` (the backbone's :meth:`~transferkit.core.backbones.BackboneSpec.normalize`) it also
     takes uint8 images and normalises them on the device, which pays on a GPU.
     """
 
@@ -272,7 +272,7 @@ def scoring_engine(name: str, model: nn.Module, backbone: Backbone, image_size: 
     """A whole classifier (``model``, built on ``backbone``) as an engine: images in, class scores out.
 
     ``key`` names the exported file (it must change whenever the weights do); the ONNX files
-    live beside the feature cache's (:attr:`~transferkit.feature_store.FeatureStore.engines_folder` of ``cache_dir``).
+    live beside the feature cache's (:attr:`~transferkit.core.feature_store.FeatureStore.engines_folder` of ``cache_dir``).
     Where ``auto`` chose ONNX Runtime and it cannot run the network (export or parity check), PyTorch
     scores instead, with a warning: the scores are the same, and a finished training is not lost.
     """

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from transferkit.errors import TransferkitError
-from transferkit.runs import load_run
+from transferkit.core.errors import TransferkitError
+from transferkit.core.runs import load_run
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
 
@@ -54,7 +54,7 @@ def _onnx(model, example, check, path: Path, classes) -> np.ndarray:
         import onnxruntime
     except ImportError:
         raise TransferkitError("ONNX export needs onnx and onnxruntime: pip install 'transferkit[onnx]'") from None
-    from transferkit.engines import export_onnx
+    from transferkit.core.engines import export_onnx
 
     export_onnx(model, example, path, input_name="images", output_name="scores")
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 import numpy as np
 from filelock import FileLock
 
-from transferkit.errors import TransferkitError
-from transferkit.weights import sha256_file
+from transferkit.core.errors import TransferkitError
+from transferkit.core.weights import sha256_file
 
 if TYPE_CHECKING:
-    from transferkit.backbones import Backbone
+    from transferkit.core.backbones import Backbone
 
 CACHE_VERSION = 2  # 2: smaller images resized without border cropping
 META = "meta.json"

@@ -2,8 +2,8 @@
 
 A frozen backbone maps an image to the same features every time, so they are computed once and
 reused by every head trained on them.  Where they are kept, and how (keys, chunks, checksums),
-is :mod:`transferkit.feature_store`'s; the processes of a DDP extraction are
-:mod:`transferkit.distributed`'s.  Their names are importable from here too, as before the split.
+is :mod:`transferkit.core.feature_store`'s; the processes of a DDP extraction are
+:mod:`transferkit.core.distributed`'s.  Their names are importable from here too, as before the split.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from transferkit import engines
-from transferkit.backbones import Backbone, build_backbone, parse_layer
-from transferkit.distributed import launch
-from transferkit.errors import TransferkitError
-from transferkit.feature_store import CACHE_VERSION, META, CachedFeatures, FeatureStore, Rows, cache_key, cache_root, read_entry
-from transferkit.loader import ImageSource, iterate_batches, share_cores
+from transferkit.core import engines
+from transferkit.core.backbones import Backbone, build_backbone, parse_layer
+from transferkit.core.distributed import launch
+from transferkit.core.errors import TransferkitError
+from transferkit.core.feature_store import CACHE_VERSION, META, CachedFeatures, FeatureStore, Rows, cache_key, cache_root, read_entry
+from transferkit.core.loader import ImageSource, iterate_batches, share_cores
 
 __all__ = [
     "extract_features", "CALIBRATION_IMAGES",
@@ -60,7 +60,7 @@ def extract_features(
     ``r`` of ``w`` computes chunks ``r, r + w, ...`` into the same entry and rank 0 finalises.
     ``flip_tta``: each image's features averaged with its mirror image's (twice the work).
     ``quantize="int8"``: extract with ONNX Runtime's static int8 quantisation, its ranges
-    calibrated on ``calibration`` (a :class:`~transferkit.data.LabelledImages`, normally the
+    calibrated on ``calibration`` (a :class:`~transferkit.core.data.LabelledImages`, normally the
     training split, so that every split sees the same network; default: ``samples`` themselves).
     """
     if isinstance(backbone, str):

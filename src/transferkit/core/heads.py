@@ -18,9 +18,9 @@ from sklearn.svm import LinearSVC
 from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import threadpool_limits
+import torch.nn.functional as F
 from torch import nn
 
-HEADS = ("linear", "svm", "mlp")
 # A head's layout, recorded in model.json, is what builds its module, when trained and when loaded:
 # type -> what ``dims`` lists.
 LAYOUTS = {
@@ -30,6 +30,7 @@ LAYOUTS = {
     "mlp": "in, hidden, classes",
     "power-l2-mlp": "in, hidden, classes",
     "rbf": "in, landmarks, classes",
+    "knn": "in, references, classes (and 'k')",
 }
 
 
@@ -46,6 +47,8 @@ def head_module(layout: dict) -> nn.Module:
         return nn.Sequential(nn.Dropout(layout.get("dropout", 0.0)), nn.Linear(dims[0], dims[1]))
     if kind == "rbf":
         return nn.Sequential(RBFFeatures(dims[0], dims[1]), nn.Linear(dims[1], dims[2]))
+    if kind == "knn":
+        return NearestNeighbours(*dims, k=layout["k"])
     mlp = [nn.Linear(dims[0], dims[1]), nn.ReLU(), nn.Linear(dims[1], dims[2])]
     return nn.Sequential(PowerL2Norm(), *mlp) if kind == "power-l2-mlp" else nn.Sequential(*mlp)
 
@@ -285,6 +288,24 @@ class RBFFeatures(nn.Module):
         return torch.exp(-self.gamma * distance.clamp_min(0)) @ self.normalization.T
 
 
+class NearestNeighbours(nn.Module):
+    """k-nearest-neighbour vote by cosine similarity to stored reference features: the share of
+    the ``k`` most similar references in each class, returned as log-probabilities (a softmax of
+    them gives the shares back, so a run scores it like any head)."""
+
+    def __init__(self, in_features: int, references: int, classes: int, k: int):
+        super().__init__()
+        self.k = k
+        self.register_buffer("references", torch.zeros(references, in_features))  # unit length, one row per training image
+        self.register_buffer("votes", torch.zeros(references, classes))  # one-hot labels of the references
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        similarity = F.normalize(x, dim=1) @ self.references.T
+        nearest = similarity.topk(self.k, dim=1).indices
+        shares = self.votes[nearest].mean(1)
+        return torch.log(shares + 1e-6)
+
+
 class NumpyDropout(nn.Dropout):
     """``nn.Dropout`` whose masks NumPy's generator draws: torch's CPU Bernoulli sampling took
     30% of an MLP head's training step (BENCHMARKS.md)."""
@@ -384,13 +405,3 @@ class MLPHead(ClassifierMixin, BaseEstimator):
         _copy_linear(linears[0], *_unstandardised(self.scaler_, first.weight.detach().numpy(), first.bias.detach().numpy()))
         _copy_linear(linears[1], last.weight.detach().numpy(), last.bias.detach().numpy())
         return module
-
-
-def make_head(name: str, *, kernel: str = "linear", seed: int = 0, **params) -> BaseEstimator:
-    if name == "linear":
-        return LinearHead(random_state=seed, **params)
-    if name == "svm":
-        return SVMHead(kernel=kernel, random_state=seed, **params)
-    if name == "mlp":
-        return MLPHead(random_state=seed, **params)
-    raise ValueError(f"unknown head {name!r}: expected one of {', '.join(HEADS)}")

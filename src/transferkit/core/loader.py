@@ -14,9 +14,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.text import Text
 from torch.utils.data import DataLoader, Dataset
 
-from transferkit.errors import ImageError
-from transferkit.images import load_image, to_rgb
-from transferkit.throughput import cpu_budget, split_cores
+from transferkit.core.errors import ImageError
+from transferkit.core.images import load_image, to_rgb
+from transferkit.core.throughput import cpu_budget, split_cores
 
 # A path, a PIL image, or a uint8 array (H x W or H x W x 3/4), as the data sources give them.
 ImageSource = Union[str, os.PathLike, Image.Image, np.ndarray]
@@ -136,7 +136,7 @@ class progress_bar:
 
 def expand_paths(items: Sequence[ImageSource]) -> list[ImageSource]:
     """Folders become their image files (sorted); everything else passes through unchanged."""
-    from transferkit.images import list_images
+    from transferkit.core.images import list_images
 
     out: list[ImageSource] = []
     for item in items:

@@ -15,9 +15,9 @@ from typing import Any
 
 import torchvision.models as tvm
 
-from transferkit.alexnet_bvlc import BVLC_MEAN, BVLC_STD, INPUT_SIZE as BVLC_INPUT_SIZE
-from transferkit.errors import TransferkitError
-from transferkit.spec import TF_MEAN, TF_STD, BackboneSpec
+from transferkit.core.alexnet_bvlc import BVLC_MEAN, BVLC_STD, INPUT_SIZE as BVLC_INPUT_SIZE
+from transferkit.core.errors import TransferkitError
+from transferkit.core.spec import TF_MEAN, TF_STD, BackboneSpec
 
 DEFAULT_MODEL = "efficientnet_lite0"
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from transferkit.backbones import Backbone, build_backbone
-from transferkit.errors import TransferkitError
+from transferkit.core.backbones import Backbone, build_backbone
+from transferkit.core.errors import TransferkitError
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.safetensors"
@@ -47,7 +47,7 @@ class TrainedModel(nn.Module):
 
 def build_head(layout: dict) -> nn.Module:
     """An untrained head module with the layout ``model.json`` records."""
-    from transferkit.heads import head_module
+    from transferkit.core.heads import head_module
 
     try:
         return head_module(layout)
@@ -64,24 +64,31 @@ class Run:
     classes: list[str]
     image_size: int
     meta: dict
+    # Engines built so far, by (engine asked, engine it resolved to, cache folder): an ONNX Runtime
+    # session (and its parity check) is built once per loaded run, not on every predict call.
+    _engines: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def transform(self):
         return self.model.backbone.transform(self.image_size)
 
     def engine(self, name: str = "auto", n_images: int | None = None, cache_dir: str | os.PathLike | None = None):
-        """The network as an inference engine (see :mod:`transferkit.engines`); ONNX Runtime
+        """The network as an inference engine (see :mod:`transferkit.core.engines`); ONNX Runtime
         only for a run whose description records its weights' checksum (it names the export,
         kept beside the feature cache of ``cache_dir``)."""
-        from transferkit.engines import scoring_engine
+        from transferkit.core.engines import resolve_engine, scoring_engine
 
         digest = self.meta.get("model_sha256")
-        return scoring_engine(name if digest else "torch", self.model, self.model.backbone, self.image_size, n_images, f"run-{(digest or '')[:16]}", cache_dir)
+        name = name if digest else "torch"
+        key = (name, resolve_engine(name, n_images), None if cache_dir is None else str(cache_dir))
+        if key not in self._engines:
+            self._engines[key] = scoring_engine(name, self.model, self.model.backbone, self.image_size, n_images, f"run-{(digest or '')[:16]}", cache_dir)
+        return self._engines[key]
 
     def predict(self, images: Sequence, *, top_k: int = 5, batch_size: int = 32, progress: bool | str = False, engine: str = "auto") -> list[dict]:
         """Top-k classes per image (paths, folders, PIL images or arrays), in input order."""
-        from transferkit.asis import classify_batches
-        from transferkit.loader import expand_paths
+        from transferkit.core.asis import classify_batches
+        from transferkit.core.loader import expand_paths
 
         sources = expand_paths(images)
         return classify_batches(self.engine(engine, len(sources)), sources, self.transform, self.classes, top_k=top_k, batch_size=batch_size, progress=progress)
@@ -89,7 +96,7 @@ class Run:
     def scores(self, samples: Sequence, *, batch_size: int = 32, progress: bool | str = False, engine: str = "auto",
                cache_dir: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray, list[dict]]:  # fmt: skip
         """Class probabilities for ``samples``: (probabilities, ok mask, failures)."""
-        from transferkit.loader import iterate_batches
+        from transferkit.core.loader import iterate_batches
 
         run = self.engine(engine, len(samples), cache_dir)
         probs = np.zeros((len(samples), len(self.classes)), dtype=np.float32)
@@ -109,8 +116,8 @@ def save_model(run_dir: Path, model: TrainedModel, *, classes: list[str], image_
     The caller writes ``model.json`` (:func:`write_json`) once the run is complete: its presence
     marks a finished run.
     """
-    from transferkit import __version__
-    from transferkit.weights import save_state_dict, sha256_file
+    from transferkit.core import __version__
+    from transferkit.core.weights import save_state_dict, sha256_file
 
     run_dir.mkdir(parents=True, exist_ok=True)
     spec = model.backbone.spec
@@ -164,7 +171,7 @@ def _trained_on_precomputed_features(run_dir: Path) -> bool:
 
 def load_run(run_dir: str | os.PathLike) -> Run:
     """Rebuild a trained classifier from its run folder (no pickle, no network)."""
-    from transferkit.weights import read_state_dict, sha256_file
+    from transferkit.core.weights import read_state_dict, sha256_file
 
     run_dir = Path(run_dir)
     meta_path = run_dir / MODEL_META

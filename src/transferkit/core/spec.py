@@ -2,7 +2,7 @@
 
 A spec is data (as timm's pretrained config or torchvision's weights entry): where the network
 comes from, where to split it, its preprocessing and its metadata.  Preprocessing always comes
-from the spec; the pipelines themselves are built in :mod:`transferkit.transforms`.
+from the spec; the pipelines themselves are built in :mod:`transferkit.core.transforms`.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import torch
 from torchvision.models._meta import _IMAGENET_CATEGORIES
 from torchvision.transforms import v2
 
-from transferkit.errors import TransferkitError
-from transferkit.transforms import create_transform, normalize_uint8, scaling
+from transferkit.core.errors import TransferkitError
+from transferkit.core.transforms import create_transform, normalize_uint8, scaling
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -1,7 +1,7 @@
 """How fast this machine runs each network, measured in seconds and kept per machine; and the
 cores a run may use, split between torch's threads and the loader's workers.
 
-The planner (:mod:`transferkit.planner`) prices a recipe from these figures: images per second
+The planner (:mod:`transferkit.plan.planner`) prices a recipe from these figures: images per second
 of a forward pass (extraction, scoring) and of a training step, per network, input size, batch
 size and trained layer groups.  Each figure is measured once on random weights and random
 inputs (speed does not depend on the weights) for a couple of seconds, and kept in
@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 import torch
 import torch.nn.functional as F
 
-from transferkit.errors import TransferkitError
+from transferkit.core.errors import TransferkitError
 
 FILE = "throughput.json"
 MEASURE_SECONDS = 2.0  # per figure: enough batches for a stable rate, little of a budget
@@ -118,7 +118,7 @@ class Workload:
 def measure(workload: Workload, *, seconds: float = MEASURE_SECONDS) -> float:
     """Images per second of ``workload`` on this machine's default device, timed for about ``seconds``
     after one warm-up batch, on a random-init network and random inputs."""
-    from transferkit.backbones import build_backbone
+    from transferkit.core.backbones import build_backbone
 
     backbone = build_backbone(workload.model, pretrained=False, num_classes=10)
     spec, size, batch = backbone.spec, workload.image_size, workload.batch_size
@@ -147,7 +147,7 @@ def measure(workload: Workload, *, seconds: float = MEASURE_SECONDS) -> float:
         import tempfile
         from pathlib import Path
 
-        from transferkit.engines import LayerFeatures, OnnxEngine
+        from transferkit.core.engines import LayerFeatures, OnnxEngine
 
         with tempfile.TemporaryDirectory(prefix="transferkit-throughput-") as folder:
             engine = OnnxEngine(LayerFeatures(backbone.to(memory_format=torch.contiguous_format), "penultimate"), size, Path(folder) / "network.onnx")
@@ -187,7 +187,7 @@ class ThroughputTable:
     feature cache (``cache_dir``, else $TRANSFERKIT_CACHE, else the user cache folder)."""
 
     def __init__(self, cache_dir: str | os.PathLike | None = None, *, machine: str | None = None, seconds: float = MEASURE_SECONDS):
-        from transferkit.feature_store import cache_root
+        from transferkit.core.feature_store import cache_root
 
         self.path = cache_root(cache_dir).parent / FILE
         self.machine = machine or machine_key()

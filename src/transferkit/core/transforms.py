@@ -1,7 +1,7 @@
 """Image preprocessing: one factory for the evaluation and the training pipelines.
 
 As timm's ``create_transform(is_training=...)``: the numbers (sizes, interpolation, mean, std)
-come in as arguments, from a backbone's spec (:meth:`transferkit.spec.BackboneSpec.transform`);
+come in as arguments, from a backbone's spec (:meth:`transferkit.core.spec.BackboneSpec.transform`);
 nothing here knows a backbone.  Both pipelines end in the same :func:`scaling`, so the uint8
 variant of either can be finished on the GPU by :func:`normalize_uint8`.
 """
@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 from torchvision.transforms import InterpolationMode, v2
 
-from transferkit.errors import TransferkitError
+from transferkit.core.errors import TransferkitError
 
 AUGMENTS = ("none", "light", "strong")
 

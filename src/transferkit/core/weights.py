@@ -24,9 +24,9 @@ import torchvision.models as tvm
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from transferkit.alexnet_bvlc import load_bvlc_npy
-from transferkit.errors import TransferkitError, WeightsNotFoundError
-from transferkit.spec import BackboneSpec
+from transferkit.core.alexnet_bvlc import load_bvlc_npy
+from transferkit.core.errors import TransferkitError, WeightsNotFoundError
+from transferkit.core.spec import BackboneSpec
 
 SAVE_HINT = "save the weights with safetensors.torch.save_file(model.state_dict(), FILE) or torch.save(model.state_dict(), FILE)"
 

@@ -15,8 +15,8 @@ from typing import Sequence
 
 import numpy as np
 
-from transferkit.backbones import DEFAULT_MODEL, build_backbone
-from transferkit.errors import TransferkitError
+from transferkit.core.backbones import DEFAULT_MODEL, build_backbone
+from transferkit.core.errors import TransferkitError
 
 LARGE_PER_CLASS = 1000  # images per class from which fine-tuning pays off
 SIMILARITY_MARGIN = 0.01  # an earlier stage must beat the last layer by this much to count
@@ -126,26 +126,20 @@ def advise(
     progress: bool = True,
     trust_pickle: bool = False,
     allow_outside_root: bool = False,
-    time_budget: str | None = None,
 ) -> Advice:
     """Measure ``data`` (a DATA string or ImageDataset) and recommend a strategy, layer and size.
 
     ``weights`` is a weights file for ``model``, as in `train`; ``image_sizes`` are the input
     sizes tried (default 64, 128 and the backbone's own);
-    ``trust_pickle`` and ``allow_outside_root`` are as in :func:`transferkit.data.load_data`.
-    ``time_budget`` ("20m"): the planner's dry run instead (:mod:`transferkit.auto`), the same
-    measurements `train --time-budget` makes and the recipe it would train, without training it.
+    ``trust_pickle`` and ``allow_outside_root`` are as in :func:`transferkit.core.data.load_data`.
+    (With a time budget, the planner's dry run is :func:`transferkit.plan.auto.dry_run`.)
     """
-    from transferkit.data import ImageDataset, load_data
-    from transferkit.features import extract_features
+    from transferkit.core.data import ImageDataset, load_data
+    from transferkit.core.features import extract_features
 
     dataset = data if isinstance(data, ImageDataset) else load_data(str(data), seed=seed, trust_pickle=trust_pickle, allow_outside_root=allow_outside_root)
     if not isinstance(dataset, ImageDataset):
         raise TransferkitError(f"{data} holds precomputed features: advice needs images")
-    if time_budget is not None:
-        given = {"model": model if model != DEFAULT_MODEL else None, "weights": weights, "pretrained": None if pretrained else False,
-                 "cache_dir": None if cache_dir is None else str(cache_dir), "seed": seed or None, "time_budget": time_budget}  # fmt: skip
-        return _planned(data, dataset, {k: v for k, v in given.items() if v is not None}, progress)
     train = dataset.train
     counts = np.bincount(train.labels, minlength=len(dataset.classes))
     per_class = max(2, min(sample_per_class, max_sample // len(dataset.classes)))
@@ -214,22 +208,3 @@ def advise(
         flags += f" --weights {weights}"
     return Advice(dataset.name, model, case, strategy, layer, image_size, regularisation, evidence, reasons,
                   f"transferkit train {data if isinstance(data, str) else dataset.name} {flags}", options)  # fmt: skip
-
-
-def _planned(data, dataset, given: dict, progress: bool) -> Advice:
-    """The planner's dry run as advice: its choice, the evidence, and the `train` command that trains it."""
-    from transferkit.auto import plan
-    from transferkit.options import used
-
-    planned = plan(dataset, given, progress=progress)
-    record, opts = planned.record, planned.options
-    name = data if isinstance(data, str) else dataset.name
-    reasons = [f"expected {record['expected_accuracy']:.1%} in about {_seconds(record)} of the {record['budget_s']:.0f} s budget "
-               f"({record['planning_s']:.0f} s of it measuring)"] + record["notes"]  # fmt: skip
-    return Advice(dataset.name, opts.model, record["case"], opts.strategy, opts.layer, opts.image_size or 0, {}, record, reasons,
-                  record["command"].replace(f"transferkit train {dataset.name} ", f"transferkit train {name} ", 1), used(opts))  # fmt: skip
-
-
-def _seconds(record: dict) -> str:
-    chosen = next((row for row in record["candidates"] if row["chosen"]), None)
-    return f"{chosen['cost_s']:.0f} s" if chosen else "?"

@@ -28,14 +28,18 @@ import math
 import sys
 import tempfile
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
 
-from transferkit.errors import TransferkitError
-from transferkit.options import DEFAULT_MODEL, STRATEGIES, TrainOptions, resolve
-from transferkit.planner import LAST_GROUPS_SCHEDULE, WHOLE_NETWORK_SCHEDULE
+from transferkit.core.data import ImageDataset, load_data
+from transferkit.core.errors import TransferkitError
+from transferkit.plan.advice import Advice, four_cases
+from transferkit.training import trainer
+from transferkit.training.options import DEFAULT_MODEL, STRATEGIES, TrainOptions, resolve, used
+from transferkit.plan.planner import LAST_GROUPS_SCHEDULE, WHOLE_NETWORK_SCHEDULE
 
 SAMPLE_PER_CLASS, SAMPLE_IMAGES = 100, 1000  # the training sample the probes fit on (at most) ...
 MIN_SAMPLE_IMAGES, SAMPLE_IMAGES_PER_S = 200, 3.5  # ... and at least, or 3.5 a second of the budget: 420 for 2 minutes
@@ -44,6 +48,7 @@ PROBE_FIT_S = 3.0  # a linear probe's curve on the sample, per layer (C by 3-fol
 PROBE_SHARE = 0.25  # of the budget, at most, for measuring; a probe that would overrun it is skipped
 MEASURE_S = 0.5  # seconds per throughput figure (after a warm-up batch), kept per machine
 PROBE_EPOCHS = 6  # a fine-tuning probe's epochs on the sample
+MIRROR_VAL_IMAGES, MIRROR_VAL_PER_S = 2000, 4.0  # validation images the augmentation tests see: 4 a second of the budget, up to 2,000
 # Epochs worth training on n images: two passes over CIFAR-10's 49,000 reached 91% (BENCHMARKS.md)
 # and small sets need more passes; capped at ten, where the sample's validation curves flatten.
 EPOCH_IMAGES, MAX_EPOCHS = 60_000, 10
@@ -106,8 +111,8 @@ def plan(dataset, given: dict, *, started: float | None = None, progress: bool =
     (``time.monotonic()``): when the user's call began, the budget counts from there; ``say``:
     where the plan's lines go (default: stderr, unless ``progress`` is off).
     """
-    from transferkit.planner import CostModel, DataSizes, choose, format_duration, parse_duration, with_user_options
-    from transferkit.throughput import ThroughputTable, split_cores
+    from transferkit.plan.planner import CostModel, DataSizes, choose, format_duration, parse_duration, with_user_options
+    from transferkit.core.throughput import ThroughputTable, split_cores
 
     base = resolve({**given, "strategy": "auto"})
     train = dataset.train.per_class(base.per_class, seed=base.seed) if base.per_class else dataset.train
@@ -155,6 +160,7 @@ def plan(dataset, given: dict, *, started: float | None = None, progress: bool =
         "planning_s": round(clock.spent, 1),
         "chosen": chosen.chosen.name,
         "expected_accuracy": round(chosen.chosen.accuracy, 4),
+        "training_time_limit_s": None if chosen.chosen.time_limit_s is None else round(chosen.chosen.time_limit_s, 1),
         "command": chosen.command(dataset.name),
         "case": _four_cases(train, n_classes, context.evidence),
         "augmentation": context.augmentation.report() if context.augmentation is not None else None,
@@ -185,13 +191,12 @@ class _Context:
 def _network_recipes(c: _Context, model: str) -> list[_Searched]:
     """Heads on ``model``'s features at each probed size and layer, and the end-to-end recipes
     whose probe on the sample fitted the probing time."""
-    from transferkit.planner import extrapolate_accuracy, learning_curve_exponent
-    from transferkit.probes import layer_features, learning_curve, measure_augmentation, views
-    from transferkit.throughput import Workload
-    from transferkit.training import _backbone
+    from transferkit.plan.planner import extrapolate_accuracy, learning_curve_exponent
+    from transferkit.plan.probes import layer_features, learning_curve, measure_augmentation, views
+    from transferkit.core.throughput import Workload
 
     opts = c.base.replace(model=model)
-    backbone = _backbone(opts)
+    backbone = trainer.backbone_for(opts)
     spec = backbone.spec
     if c.given.get("image_size"):
         probe_sizes = [spec.check_image_size(c.given["image_size"])]
@@ -204,7 +209,12 @@ def _network_recipes(c: _Context, model: str) -> list[_Searched]:
     seed, y, y_val = c.base.seed, c.sample.labels, c.val_sample.labels
     c.say(f"measuring {model} on {len(c.sample)} training and {len(c.val_sample)} validation images")
     try:
-        c.augmentation = measure_augmentation(backbone, c.sample, c.val_sample, image_size=probe_size, seed=seed)
+        # The augmentation tests see more validation images than the other probes: a class turning
+        # into its mirror partner needs a dozen or more images of each to show (GTSRB's signs at
+        # 11 a class could not), and two passes through the network are cheap beside training.
+        n_val = min(MIRROR_VAL_IMAGES, max(len(c.val_sample), round(c.clock.budget_s * MIRROR_VAL_PER_S)))
+        probe_val = c.dataset.val.per_class(max(2, n_val // len(c.dataset.classes)), seed=seed)
+        c.augmentation = measure_augmentation(backbone, c.sample, probe_val, image_size=probe_size, seed=seed)
         c.evidence["layer_accuracy"] = c.augmentation.layer_accuracy
         for line in c.augmentation.mirror.reasons + (c.augmentation.crops.reasons if c.augmentation.crops else []):
             c.say(f"{line}")
@@ -305,7 +315,7 @@ def _probe_end_to_end(c: _Context, model: str, name: str, size: int, linear_on_v
     """Recipe ``name`` trained at ``size`` on half the sample and on all of it, scored on the
     validation sample: its learning curve (sizes, accuracies), the size and a line of evidence.
     None where it would overrun the time for measuring, or the user's options rule it out."""
-    from transferkit.planner import DataSizes, with_user_options
+    from transferkit.plan.planner import DataSizes, with_user_options
 
     settings = {**END_TO_END_RECIPES[name], "model": model, "image_size": size, "epochs": PROBE_EPOCHS, **_augmentation(c, name == "finetune-all")}
     runnable, dropped = with_user_options([settings], c.given)
@@ -335,23 +345,18 @@ def _probe_end_to_end(c: _Context, model: str, name: str, size: int, linear_on_v
 
 def _probe_fit(opts: TrainOptions, train, c: _Context) -> float:
     """Best validation-sample accuracy of ``opts`` trained end to end on ``train`` (a sample)."""
-    from pathlib import Path
-
-    from transferkit.data import ImageDataset
-    from transferkit.training import _train_end_to_end
-
     subset = ImageDataset(f"{c.dataset.name}-probe", {"train": train, "val": c.val_sample}, list(c.dataset.classes))
     with tempfile.TemporaryDirectory(prefix="transferkit-probe-") as folder:
-        _model, history, _timings = _train_end_to_end(subset, train, opts, Path(folder), False, False)
+        _model, history, _timings = trainer.train_end_to_end(subset, train, opts, Path(folder), False, False)
     scores = [row["val_acc"] for row in history if row.get("val_acc") is not None]
     return max(scores) if scores else 0.0
 
 
 def _pixel_recipes(c: _Context) -> list[_Searched]:
     """Raw pixels with a linear model and an RBF SVM: the baselines a network must beat (digits)."""
-    from transferkit.backbones import build_backbone
-    from transferkit.planner import extrapolate_accuracy
-    from transferkit.probes import layer_features, learning_curve, linear_probe, rbf_probe
+    from transferkit.core.backbones import build_backbone
+    from transferkit.plan.planner import extrapolate_accuracy
+    from transferkit.plan.probes import layer_features, learning_curve, linear_probe, rbf_probe
 
     pixels = build_backbone("pixels", pretrained=False)
     X = layer_features(pixels, c.sample.samples, pixels.spec.transform(), ["penultimate"], seed=c.base.seed)["penultimate"]
@@ -404,7 +409,7 @@ def _priced(opts: TrainOptions, found: _Searched, c: _Context):
     """A Candidate for ``opts``: a head at its estimated cost, with the planner's margin; an
     end-to-end recipe with as many epochs as fit what is left (up to the ones its data size is
     worth), its training held to that time, its expected accuracy lowered where fewer fit."""
-    from transferkit.planner import SAFETY, Candidate
+    from transferkit.plan.planner import SAFETY, Candidate
 
     if STRATEGIES[opts.strategy].kind == "features":
         return Candidate(opts, (c.cost.cost(opts, c.sizes) + found.extra_s) * SAFETY, found.accuracy, found.evidence)
@@ -417,7 +422,11 @@ def _priced(opts: TrainOptions, found: _Searched, c: _Context):
         return None
     error = (1 - found.accuracy) * ((worth / epochs) ** EPOCH_PENALTY if epochs < worth else 1.0)
     why = found.evidence + (f"; {epochs:.1f} of {worth} epochs fit" if epochs < worth else f"; {worth} epochs")
-    return Candidate(opts.replace(epochs=max(1, math.ceil(epochs))), fixed * SAFETY + epochs * per_epoch, 1 - error, why, time_limit_s=epochs * per_epoch)
+    # The limit is all the training time the budget leaves, not the estimate of these epochs: a
+    # machine slower than measured still trains every epoch where the budget has room, so the
+    # outcome depends on the machine's speed only where the budget is tight.
+    limit = max(epochs * per_epoch, c.clock.left - fixed * SAFETY)
+    return Candidate(opts.replace(epochs=max(1, math.ceil(epochs))), fixed * SAFETY + epochs * per_epoch, 1 - error, why, time_limit_s=limit)
 
 
 def _short(opts: TrainOptions) -> str:
@@ -431,7 +440,39 @@ def _epochs_for(n_train: int) -> int:
 
 def _four_cases(train, n_classes: int, evidence: dict) -> str:
     """The teaching guide's label (:func:`advice.four_cases`) from the probes' measurements."""
-    from transferkit.advice import four_cases
-
     median = int(np.median(np.bincount(train.labels, minlength=n_classes)))
     return four_cases(median, evidence.get("layer_accuracy") or {"penultimate": 0.0})[0]
+
+
+def train(data, out=None, *, resume: bool = False, progress: bool = True, **options):
+    """`transferkit train`: with a strategy (or ``resume``), that strategy exactly
+    (:func:`transferkit.training.trainer.train`); without, the recipe :func:`plan` chooses on the
+    data, trained with its training time as a limit and the plan recorded for the report."""
+    started = time.monotonic()  # --time-budget counts from here
+    resuming = resume and out is not None and (Path(out) / "config.json").is_file()
+    if options.get("strategy", "auto") not in (None, "auto") or resuming:
+        return trainer.train(data, out, resume=resume, progress=progress, started=started, **options)
+    opts = resolve({**options, "strategy": "auto"})
+    dataset = data if isinstance(data, ImageDataset) else load_data(
+        str(data), trust_pickle=opts.trust_pickle, val_fraction=opts.val_fraction, seed=opts.seed, allow_outside_root=opts.allow_outside_root)
+    if not isinstance(dataset, ImageDataset):  # precomputed features: the trainer says which strategies take them
+        return trainer.train(dataset, out, resume=resume, progress=progress, started=started, **options)
+    planned = plan(dataset, options, started=started, progress=progress)
+    return trainer.train(dataset, out, resume=resume, progress=progress, plan=planned.record, time_limit_s=planned.time_limit_s,
+                          started=started, **used(planned.options))  # fmt: skip
+
+
+def dry_run(name: str, dataset, given: dict, progress: bool = True) -> Advice:
+    """The plan for ``dataset`` (called ``name`` in the command it prints) without training, as
+    advice: its choice, the evidence, and the `train` command that trains it."""
+    planned = plan(dataset, given, progress=progress)
+    record, opts = planned.record, planned.options
+    reasons = [f"expected {record['expected_accuracy']:.1%} in about {_seconds(record)} of the {record['budget_s']:.0f} s budget "
+               f"({record['planning_s']:.0f} s of it measuring)"] + record["notes"]  # fmt: skip
+    return Advice(dataset.name, opts.model, record["case"], opts.strategy, opts.layer, opts.image_size or 0, {}, record, reasons,
+                  record["command"].replace(f"transferkit train {dataset.name} ", f"transferkit train {name} ", 1), used(opts))  # fmt: skip
+
+
+def _seconds(record: dict) -> str:
+    chosen = next((row for row in record["candidates"] if row["chosen"]), None)
+    return f"{chosen['cost_s']:.0f} s" if chosen else "?"

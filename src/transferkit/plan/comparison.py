@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from transferkit.errors import TransferkitError
-from transferkit.options import END_TO_END_STRATEGIES, FEATURE_STRATEGIES, STRATEGIES, check_names, flag
+from transferkit.core.errors import TransferkitError
+from transferkit.training.options import END_TO_END_STRATEGIES, FEATURE_STRATEGIES, STRATEGIES, check_names, flag
 
 COLUMNS = ("model", "strategy", "layer", "status", "val_acc", "test_acc", "extract_seconds", "train_seconds", "params", "train_images", "reason")
 
@@ -41,7 +41,7 @@ class Cell:
 def grid(models: Sequence[str], strategies: Sequence[str], layers: Sequence[str] = ("penultimate",)) -> list[Cell]:
     """Every combination; layers apply to the heads on features only.  Unknown model or
     strategy names are refused here, before any cell runs."""
-    from transferkit.backbones import get_spec
+    from transferkit.core.backbones import get_spec
 
     for model in models:
         get_spec(model)  # raises "unknown model ... (did you mean ...)"
@@ -62,8 +62,8 @@ def compare(data, cells: Sequence[Cell], out: str | Path, *, progress: bool = Tr
     ``options`` are training options for every cell whose strategy uses them (``epochs`` reaches
     the end-to-end cells, not the heads); one that no cell uses is refused.
     """
-    from transferkit.data import ImageDataset, load_data
-    from transferkit.training import train
+    from transferkit.core.data import ImageDataset, load_data
+    from transferkit.plan.auto import train
 
     check_names(options)
     options = {k: v for k, v in options.items() if v is not None}
@@ -120,8 +120,8 @@ def best(rows: list[dict]) -> dict | None:
 
 
 def write_leaderboard(rows: list[dict], out: Path, title: str) -> None:
-    from transferkit.html_report import write_leaderboard_html
-    from transferkit.report import markdown_table, plot_bars
+    from transferkit.core.html_report import write_leaderboard_html
+    from transferkit.core.report import markdown_table, plot_bars
 
     key = _rank_key(rows)
     ranked = sorted(rows, key=lambda r: -(r.get(key) or -1))

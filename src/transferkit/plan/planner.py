@@ -1,31 +1,25 @@
 """Choosing a training recipe that fits a time budget, from measurements on this data and machine.
 
-A :class:`Candidate` is a recipe (the :class:`~transferkit.options.TrainOptions` it trains with)
+A :class:`Candidate` is a recipe (the :class:`~transferkit.training.options.TrainOptions` it trains with)
 priced two ways: its cost in seconds, from the throughput measured on this machine
-(:mod:`transferkit.throughput`) and the data's size (:class:`CostModel`); and its expected
+(:mod:`transferkit.core.throughput`) and the data's size (:class:`CostModel`); and its expected
 accuracy, from cheap evidence on the data (linear probes on a sample, a learning curve
-extrapolated to the full training set: :mod:`transferkit.probes`, :func:`extrapolate_accuracy`).
+extrapolated to the full training set: :mod:`transferkit.plan.probes`, :func:`extrapolate_accuracy`).
 
 The user's options are fixed: :func:`with_user_options` lays them over every searched recipe
 and drops the recipes that cannot honour them, so the planner only searches the rest.
-:func:`choose` takes the most accurate candidate whose cost fits what is left of the budget;
-:func:`successive_halving` trains a shortlist on growing shares of the work and commits the rest
-of the budget to the survivor (Jamieson & Talwalkar 2016), pricing each step with the speed it
-has seen so far, so a loaded machine shortens the plan instead of overrunning it.
+:func:`choose` takes the most accurate candidate whose cost fits what is left of the budget.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import re
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from transferkit.errors import TransferkitError
-from transferkit.options import FIELDS, STRATEGIES, TrainOptions, flag, resolve, used
-from transferkit.throughput import Workload
+from transferkit.core.errors import TransferkitError
+from transferkit.training.options import FIELDS, STRATEGIES, TrainOptions, flag, format_duration, resolve, used
+from transferkit.core.throughput import Workload
 
 # Estimated costs are multiplied by this before they are held against the budget: the issue's
 # bound is the budget plus 5%, and a cost model from a few seconds of benchmark is rougher than that.
@@ -47,32 +41,6 @@ LAST_GROUPS_SCHEDULE = {"strategy": "finetune", "cache_frozen": True, "head_epoc
                         "batch_size": 128}  # fmt: skip
 WHOLE_NETWORK_SCHEDULE = {"strategy": "finetune", "unfreeze": "all", "head_epochs": 0, "lr": 1e-3, "backbone_lr_mult": 1.0, "label_smoothing": 0.1,
                           "dropout": 0.0, "batch_size": 64}  # fmt: skip
-
-_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0}
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(h|m|s)")
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in ``"90s"``, ``"20m"``, ``"2h"`` or ``"1h30m"``; anything else is one line that says what to write."""
-    spoken = str(text).strip().lower()
-    if re.fullmatch(r"\d+(?:\.\d+)?", spoken):
-        raise TransferkitError(f"--time-budget {text} has no unit: write {spoken}s, {spoken}m or {spoken}h")
-    parts = _DURATION.findall(spoken)
-    if not parts or _DURATION.sub("", spoken).strip() or len({unit for _, unit in parts}) < len(parts):
-        raise TransferkitError(f"--time-budget {text!r} is not a duration: write a number and a unit, such as 90s, 20m, 2h or 1h30m")
-    seconds = sum(float(number) * _UNITS[unit] for number, unit in parts)
-    if seconds <= 0:
-        raise TransferkitError(f"--time-budget {text} leaves no time: give a duration above zero, such as 90s")
-    return seconds
-
-
-def format_duration(seconds: float) -> str:
-    """``95`` -> ``"1m35s"``: as :func:`parse_duration` reads it back (whole seconds, rounded up)."""
-    seconds = max(1, math.ceil(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return "".join(f"{n}{unit}" for n, unit in ((hours, "h"), (minutes, "m"), (secs, "s")) if n) or "0s"
-
 
 # ---------------------------------------------------------------------------------------------
 # Recipes and the user's options
@@ -135,8 +103,8 @@ def with_user_options(searched: Iterable[Mapping[str, Any]], given: Mapping[str,
 
 def _check_network(opts: TrainOptions) -> None:
     """What a run would refuse only once it builds the network: an input size it cannot take, too many layer groups."""
-    from transferkit.registry import get_spec
-    from transferkit.schedule import FreezeSchedule
+    from transferkit.core.registry import get_spec
+    from transferkit.training.schedule import FreezeSchedule
 
     spec = get_spec(opts.model)
     spec.check_image_size(opts.image_size)
@@ -144,48 +112,6 @@ def _check_network(opts: TrainOptions) -> None:
         problem = FreezeSchedule.of(opts, len(spec.layer_groups)).check(opts.model)
         if problem:
             raise TransferkitError(problem)
-
-
-def search_space(models: Sequence[str], *, n_train: int, n_classes: int, image_sizes: Sequence[int] = (64, 128, 224),
-                 layers: Sequence[str] = ("penultimate",), mirror: bool = True, epochs: int = 3) -> list[dict[str, Any]]:  # fmt: skip
-    """The recipes worth pricing for ``models``, as option dicts (lay the user's over them with
-    :func:`with_user_options`).
-
-    Heads on cached features at each size and layer (flip TTA only where ``mirror``: a class that
-    a mirror image turns into another is averaged with it otherwise); ``finetune --cache-frozen``
-    of the last one and two layer groups; the whole network at the small sizes; ``frozen``; and
-    ``scratch`` where there are ``LARGE_PER_CLASS`` images a class.  Fine-tuning follows
-    LAST_GROUPS_SCHEDULE and WHOLE_NETWORK_SCHEDULE.  ``mirror=False`` (see :func:`probes.mirror_invariance`)
-    turns the mirroring augmentation off (``--augment none``: crops come with mirroring today).
-    """
-    from transferkit.advice import LARGE_PER_CLASS
-    from transferkit.registry import get_spec
-
-    augment = "light" if mirror else "none"
-    recipes: list[dict[str, Any]] = []
-    for model in models:
-        spec = get_spec(model)
-        if not spec.has_learned_layers:  # raw pixels: the baselines a network must beat
-            recipes += [{"strategy": "linear", "model": model}, {"strategy": "svm", "model": model, "kernel": "rbf"}]
-            continue
-        sizes = [spec.input_size] if spec.fixed_input_size else sorted({s for s in (*image_sizes, spec.input_size) if s >= spec.min_input_size})
-        n_groups = len(spec.layer_groups)
-        if spec.has_pretrained:
-            for size in sizes:
-                for layer in layers:
-                    recipes.append({"strategy": "linear", "model": model, "image_size": size, "layer": layer})
-                    if mirror:
-                        recipes.append({"strategy": "linear", "model": model, "image_size": size, "layer": layer, "flip_tta": True})
-                recipes.append({"strategy": "mlp", "model": model, "image_size": size})
-                for unfreeze in (1, 2):
-                    if unfreeze < n_groups - 1:
-                        recipes.append({**LAST_GROUPS_SCHEDULE, "model": model, "image_size": size, "unfreeze": str(unfreeze), "epochs": epochs, "augment": augment})
-                if size <= 128:
-                    recipes.append({**WHOLE_NETWORK_SCHEDULE, "model": model, "image_size": size, "epochs": epochs, "augment": augment})
-            recipes.append({"strategy": "frozen", "model": model, "image_size": spec.input_size, "epochs": epochs, "augment": augment})
-        if n_train >= LARGE_PER_CLASS * n_classes:
-            recipes.append({"strategy": "scratch", "model": model, "image_size": sizes[0], "epochs": max(epochs, 10), "augment": augment})
-    return recipes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,7 +157,7 @@ class CostModel:
     def scored(self, n: int, opts: TrainOptions, size: int) -> float:
         """``n`` images through the network without gradients, as extraction and scoring run them:
         on ONNX Runtime where ``--engine`` resolves to it for ``n`` images (a CPU, 1,000 or more)."""
-        from transferkit.engines import resolve_engine
+        from transferkit.core.engines import resolve_engine
 
         return self.seconds(n, Workload(opts.model, size, opts.batch_size, engine=resolve_engine(opts.engine, n)))
 
@@ -239,7 +165,7 @@ class CostModel:
         return self.overhead_s + self.overhead_s_per_image * (sizes.train + sizes.val + sizes.test)
 
     def cost(self, opts: TrainOptions, sizes: DataSizes) -> float:
-        from transferkit.registry import get_spec
+        from transferkit.core.registry import get_spec
 
         spec = get_spec(opts.model)
         size = spec.check_image_size(opts.image_size)
@@ -380,109 +306,4 @@ def choose(candidates: Sequence[Candidate], budget_s: float, *, spent_s: float =
     return Plan(chosen, budget_s, spent_s, bool(fitting), list(candidates), notes, safety)
 
 
-def shortlist(candidates: Sequence[Candidate], budget_s: float, k: int, *, safety: float = SAFETY) -> list[Candidate]:
-    """The ``k`` most accurate candidates that fit ``budget_s``, most accurate first: what successive halving starts from."""
-    fitting = [c for c in candidates if c.cost_s * safety <= budget_s]
-    return sorted(fitting, key=lambda c: (-c.accuracy, c.cost_s))[:k]
-
-
-@dataclass
-class Trial:
-    candidate: Candidate
-    fraction: float  # share of the recipe's work it was given
-    accuracy: float | None  # None: skipped or failed
-    seconds: float
-    note: str = ""
-
-
-@dataclass
-class Halving:
-    winner: Candidate | None
-    fraction: float  # the share of its work the winner was trained on (1.0: all of it)
-    accuracy: float | None
-    trials: list[Trial]
-    slowdown: float  # seconds taken / seconds estimated, over every trial
-    notes: list[str] = field(default_factory=list)
-
-
-def successive_halving(candidates: Sequence[Candidate], evaluate: Callable[[Candidate, float], float], budget_s: float, *,
-                       eta: int = 3, min_fraction: float | None = None, safety: float = SAFETY,
-                       clock: Callable[[], float] = time.monotonic) -> Halving:  # fmt: skip
-    """Synchronous successive halving: every candidate trains on ``min_fraction`` of its work
-    (``evaluate(candidate, fraction)`` trains it so and returns its validation accuracy), the best
-    ``1/eta`` go on with ``eta`` times more, and the last one trains on all of it: that last
-    evaluation is the run.  Rungs go from ``eta**-(rungs)`` up to 1 (default: as many rungs as
-    halvings the candidates need).
-
-    Every evaluation must fit what is left of ``budget_s``: its estimate is the candidate's cost
-    times its fraction, times the slowdown seen so far (seconds taken over seconds estimated), times
-    ``safety``; one that does not fit is skipped.  Where the survivor's full run does not fit, it
-    trains on the share that does.  A candidate whose evaluation raises a TransferkitError or a
-    RuntimeError (out of memory) is dropped with a note.
-
-    Why not Optuna's SuccessiveHalvingPruner or HyperbandPruner: they are asynchronous (ASHA)
-    and judge a trial against the trials that reached its rung before it, so run one at a time, as
-    one CPU runs them, the first trial is never pruned and trains on its whole budget (with Optuna
-    5.0.0, six sequential trials with reduction factor 3 gave the worst of them all 9 steps).  A
-    time budget needs the synchronous order, and the candidates are a priced list, not a space
-    for a sampler; a few lines do it without four more dependencies (Optuna, SQLAlchemy,
-    Alembic, Mako).
-    """
-    started = clock()
-    survivors = sorted(candidates, key=lambda c: (-c.accuracy, c.cost_s))
-    if not survivors:
-        raise TransferkitError("successive halving needs at least one candidate")
-    rungs = math.ceil(math.log(len(survivors), eta) - 1e-9) if len(survivors) > 1 else 0
-    fraction = min(1.0, min_fraction if min_fraction is not None else float(eta) ** -rungs)
-    trials: list[Trial] = []
-    notes: list[str] = []
-    leader: Trial | None = None  # the best of the last rung that trained anything
-    estimated = taken = 0.0
-
-    def slowdown() -> float:
-        return taken / estimated if estimated > 0 else 1.0
-
-    while survivors:
-        commit = len(survivors) == 1  # the last one standing trains on all its work, or on what still fits
-        results: list[Trial] = []
-        for candidate in survivors:
-            left = budget_s - (clock() - started)
-            share = fraction
-            if commit:
-                share = min(1.0, left / max(candidate.cost_s * slowdown() * safety, 1e-9))
-                if leader is not None and share <= leader.fraction:
-                    notes.append(f"no time left to train {candidate.name} on more than the {leader.fraction:.0%} of its work it had")
-                    break
-                if share < 1.0:
-                    notes.append(f"{candidate.name} trains on {share:.0%} of its planned work: the rest does not fit the budget")
-            planned = candidate.cost_s * share * slowdown() * safety
-            if planned > left * (1 + 1e-9):  # the commit's share is sized to what is left: rounding must not skip it
-                trials.append(Trial(candidate, share, None, 0.0, f"skipped: needs about {format_duration(planned)}, {format_duration(max(left, 0.0))} left"))
-                continue
-            before = clock()
-            try:
-                accuracy = float(evaluate(candidate, share))
-            except (TransferkitError, RuntimeError) as err:
-                trials.append(Trial(candidate, share, None, clock() - before, f"failed: {err}"))
-                continue
-            trial = Trial(candidate, share, accuracy, clock() - before)
-            estimated, taken = estimated + candidate.cost_s * share, taken + trial.seconds
-            trials.append(trial)
-            results.append(trial)
-        if not results:
-            break
-        results.sort(key=lambda t: (-t.accuracy, t.candidate.cost_s))
-        leader = results[0]
-        if commit or fraction >= 1.0:
-            break
-        survivors = [t.candidate for t in results[: math.ceil(len(results) / eta)]]
-        fraction = min(1.0, fraction * eta)
-    if leader is None:
-        return Halving(None, 0.0, None, trials, slowdown(), notes + ["no candidate could be trained within the budget"])
-    return Halving(leader.candidate, leader.fraction, leader.accuracy, trials, slowdown(), notes)
-
-
-__all__ = [
-    "SAFETY", "Candidate", "CostModel", "DataSizes", "Halving", "Plan", "Trial", "choose", "describe", "extrapolate_accuracy", "flags",
-    "format_duration", "parse_duration", "search_space", "shortlist", "successive_halving", "with_user_options",
-]  # fmt: skip
+__all__ = ["SAFETY", "Candidate", "CostModel", "DataSizes", "Plan", "choose", "describe", "extrapolate_accuracy", "flags", "with_user_options"]

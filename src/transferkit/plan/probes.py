@@ -28,12 +28,13 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import InterpolationMode, v2
 
-from transferkit.errors import TransferkitError
+from transferkit.core.errors import TransferkitError
 
 C_GRID = (0.01, 0.1, 1.0)
 CROP_SCALES = (0.35, 0.5, 0.75)  # 0.35: the lower end of `--augment light`'s random crops
 MIN_DROP = 0.2  # a class breaks under mirroring when its accuracy falls by this much or more ...
 ALPHA = 0.05  # ... and a one-sided sign test on its paired images says the fall is no accident
+PAIR_MIN_IMAGES = 5  # validation images of each class, at least, to decide that mirroring is harmless
 CROP_TOLERANCE = 0.05
 
 
@@ -82,7 +83,7 @@ def one_blas_thread():
 def learning_curve(X: np.ndarray, y: np.ndarray, *, shares: Sequence[float] = (0.25, 0.5, 1.0), seed: int = 0, probe=linear_probe):
     """Cross-validated probe accuracy (``probe``: :func:`linear_probe` or :func:`rbf_probe`) on
     growing stratified shares of ``X, y``: the (sizes, accuracies) that
-    :func:`transferkit.planner.extrapolate_accuracy` extends to the full training set, and the
+    :func:`transferkit.plan.planner.extrapolate_accuracy` extends to the full training set, and the
     probe fitted on the largest share.  C is chosen by cross-validation once, on the largest
     share, and kept for the smaller ones (a third of the fits: a small time budget cannot spare
     them).  Every share keeps at least two images of each class."""
@@ -101,14 +102,15 @@ def learning_curve(X: np.ndarray, y: np.ndarray, *, shares: Sequence[float] = (0
 
 @dataclass
 class MirrorProbe:
-    """Whether training may mirror images, and the per-class evidence."""
+    """Whether training may mirror images, the decision behind it and the per-class evidence."""
 
     mirror: bool
     accuracy: float  # the probe on the validation images
     mirrored_accuracy: float  # the same probe on their mirror images
-    classes: list[dict] = field(default_factory=list)  # class, images, accuracy, mirrored_accuracy, mirrored_as, p_value, breaks
+    classes: list[dict] = field(default_factory=list)  # class, images, accuracy, mirrored_accuracy, mirrored_as, p_value, pair_p_value, breaks
     reasons: list[str] = field(default_factory=list)
     layer: str | None = None
+    decision: str = "keep"  # "keep" (no class breaks, and the probe could have seen it), "off" (a class breaks), "undecided" (too little evidence)
 
     @property
     def broken(self) -> list[str]:
@@ -133,9 +135,22 @@ def mirror_invariance(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarra
     fitted ``probe``), score it on the validation images' features ``X_val`` and on their mirror
     images' ``X_val_mirrored`` (row ``i`` is image ``i`` mirrored), class by class.
 
-    A class breaks when its mirrored accuracy is at least ``min_drop`` below its accuracy and a
-    one-sided sign test on its images (right as they are and wrong mirrored, against the
-    reverse) gives p < ``alpha``.  Mirroring stays on only if no class breaks.
+    Two tests, and a class breaks when either says so:
+
+    - its accuracy: the mirrored accuracy is at least ``min_drop`` below the original's and a
+      one-sided sign test on its images (right as they are and wrong mirrored, against the
+      reverse) gives p < ``alpha``;
+    - its partner (far stronger where classes are each other's mirror image, "keep left" and
+      "keep right"): mirror images of a class taken for one other class, pooled over the pair in
+      both directions, against the original images taken for it; a one-sided sign test at
+      ``alpha`` divided by the number of classes (one partner tested per class), and at least
+      ``min_drop`` of the pair's images moving to the partner.  Mirroring that merely blurs a
+      class spreads its errors over many classes and does not pass.
+
+    Mirroring stays on only when no class breaks and the probe could have seen one break: where
+    it tells the classes apart only weakly, or has fewer than PAIR_MIN_IMAGES validation images
+    of a class, the decision is "undecided" and mirroring is off, the safer side (a mirrored
+    mirror-pair class is a wrong label; an unmirrored symmetric class only loses an augmentation).
     """
     from scipy.stats import binomtest
 
@@ -147,31 +162,52 @@ def mirror_invariance(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarra
     predicted, predicted_mirrored = probe.predict(X_val), probe.predict(X_val_mirrored)
     names = list(classes) if classes is not None else [str(c) for c in range(int(max(y_val.max(), predicted.max(), predicted_mirrored.max())) + 1)]
     right, right_mirrored = predicted == y_val, predicted_mirrored == y_val
+    present = np.unique(y_val)
+
+    def moves(c: int, d: int) -> tuple[int, int]:
+        """Images of class c that mirroring sends to d (and not there before), and the reverse."""
+        mine = y_val == c
+        return int(np.sum(mine & (predicted != d) & (predicted_mirrored == d))), int(np.sum(mine & (predicted == d) & (predicted_mirrored != d)))
+
     rows = []
-    for c in np.unique(y_val):
+    for c in present:
         mine = y_val == c
         lost, gained = int(np.sum(right[mine] & ~right_mirrored[mine])), int(np.sum(~right[mine] & right_mirrored[mine]))
         drop = (lost - gained) / int(mine.sum())
         p_value = float(binomtest(lost, lost + gained, 0.5, alternative="greater").pvalue) if lost + gained else 1.0
         wrong = predicted_mirrored[mine & ~right_mirrored]
-        taken_as, share = None, 0.0
+        taken_as, share, pair_p = None, 0.0, 1.0
         if len(wrong):
             values, counts = np.unique(wrong, return_counts=True)
-            taken_as, share = names[int(values[np.argmax(counts)])], float(counts.max() / mine.sum())
+            partner = int(values[np.argmax(counts)])
+            taken_as, share = names[partner], float(counts.max() / mine.sum())
+            there, back = moves(int(c), partner)
+            if partner in present:  # the pair in both directions: a mirror pair sends each to the other
+                there, back = there + moves(partner, int(c))[0], back + moves(partner, int(c))[1]
+            pair_images = int(mine.sum() + np.sum(y_val == partner))
+            if there + back and there >= min_drop * pair_images:
+                pair_p = float(binomtest(there, there + back, 0.5, alternative="greater").pvalue)
+        breaks = (drop >= min_drop and p_value < alpha) or pair_p < alpha / len(present)
         rows.append({"class": names[int(c)], "images": int(mine.sum()), "accuracy": float(right[mine].mean()), "mirrored_accuracy": float(right_mirrored[mine].mean()),
-                     "mirrored_as": taken_as, "mirrored_as_share": share, "p_value": p_value, "breaks": bool(drop >= min_drop and p_value < alpha)})  # fmt: skip
+                     "mirrored_as": taken_as, "mirrored_as_share": share, "p_value": p_value, "pair_p_value": pair_p, "breaks": bool(breaks)})  # fmt: skip
     accuracy, mirrored = float(right.mean()), float(right_mirrored.mean())
     broken = [row for row in rows if row["breaks"]]
     reasons = [f"a linear probe trained on the original images: {accuracy:.1%} on {len(y_val)} validation images, {mirrored:.1%} on their mirror images"]
+    chance = 1.0 / max(len(rows), 1)
+    fewest = min(row["images"] for row in rows)
     if broken:
+        decision = "off"
         named = ", ".join(f"{row['class']} ({row['accuracy']:.0%} -> {row['mirrored_accuracy']:.0%}" + (f", taken for {row['mirrored_as']})" if row["mirrored_as"] else ")") for row in broken)
         reasons.append(f"{len(broken)} of {len(rows)} classes do not survive a mirror image: {named}; no mirroring (and no --flip-tta)")
+    elif accuracy < chance + 0.5 * (1 - chance) or fewest < PAIR_MIN_IMAGES:
+        decision = "undecided"
+        weak = f"the probe tells the classes apart only weakly ({accuracy:.1%}, chance {chance:.1%})" if accuracy < chance + 0.5 * (1 - chance) else \
+            f"a class has only {fewest} validation images"  # fmt: skip
+        reasons.append(f"undecided: {weak}, too little to see a class turn into another under mirroring; no mirroring, the safer side")
     else:
-        reasons.append(f"every class keeps its accuracy under mirroring (none falls by {min_drop:.0%} with p < {alpha}): mirroring kept")
-        chance = 1.0 / max(len(rows), 1)
-        if accuracy < chance + 0.5 * (1 - chance):
-            reasons.append(f"the probe tells the classes apart only weakly ({accuracy:.1%}, chance {chance:.1%}): little evidence either way")
-    return MirrorProbe(not broken, accuracy, mirrored, rows, reasons)
+        decision = "keep"
+        reasons.append(f"every class keeps its accuracy under mirroring and none is taken for another (p < {alpha}): mirroring kept")
+    return MirrorProbe(decision == "keep", accuracy, mirrored, rows, reasons, decision=decision)
 
 
 @dataclass
@@ -248,8 +284,8 @@ def layer_features(backbone, samples: Sequence, transform, layers: Sequence[str]
     """Features of ``samples`` through ``transform`` at each of ``layers`` ("penultimate" and
     "stageN", pooled as :meth:`Backbone.features` pools them), all from one forward pass.  Random
     transforms draw from ``seed``.  Every image must decode: probes run on a checked sample."""
-    from transferkit.loader import iterate_batches
-    from transferkit.spec import parse_layer
+    from transferkit.core.loader import iterate_batches
+    from transferkit.core.spec import parse_layer
 
     stages = {layer: parse_layer(layer, backbone.spec)[1] for layer in layers if layer != "penultimate"}
     # Channels-last spares oneDNN its layout conversions: Lite0 at 224 px ran 42 images/s against 24 (2 cores).
@@ -299,8 +335,8 @@ class AugmentationProbe:
 def measure_augmentation(backbone, train, val, *, image_size: int | None = None, layer: str = "best", scales: Sequence[float] = CROP_SCALES,
                          tolerance: float = CROP_TOLERANCE, min_drop: float = MIN_DROP, alpha: float = ALPHA, batch_size: int = 32,
                          num_workers: int | None = None, seed: int = 0) -> AugmentationProbe:  # fmt: skip
-    """Probe ``backbone`` (a :class:`~transferkit.backbones.Backbone`, pretrained) on ``train`` and
-    ``val`` (:class:`~transferkit.data.LabelledImages`, a sample of each: a few dozen images a
+    """Probe ``backbone`` (a :class:`~transferkit.core.backbones.Backbone`, pretrained) on ``train`` and
+    ``val`` (:class:`~transferkit.core.data.LabelledImages`, a sample of each: a few dozen images a
     class): the mirror test (:func:`mirror_invariance`) and, with ``scales``, the crop test
     (:func:`crop_tolerance`).  ``layer="best"``: the penultimate layer and every stage are
     probed, and the tests use the one with the best validation accuracy (see the module's note).

@@ -30,14 +30,14 @@ from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, Dataset, Sampler, WeightedRandomSampler
 from torchmetrics.classification import MulticlassAccuracy
 
-from transferkit.backbones import Backbone
-from transferkit.errors import TransferkitError
-from transferkit.heads import head_module
-from transferkit.options import END_TO_END_STRATEGIES, check_value
-from transferkit.options import FIELDS as OPTION_FIELDS
-from transferkit.options import STRATEGIES as STRATEGY_OPTIONS
-from transferkit.schedule import FreezeSchedule
-from transferkit.loader import DecodedImages, ImageSource, share_cores
+from transferkit.core.backbones import Backbone
+from transferkit.core.errors import TransferkitError
+from transferkit.core.heads import head_module
+from transferkit.training.options import END_TO_END_STRATEGIES, check_value
+from transferkit.training.options import FIELDS as OPTION_FIELDS
+from transferkit.training.options import STRATEGIES as STRATEGY_OPTIONS
+from transferkit.training.schedule import FreezeSchedule
+from transferkit.core.loader import DecodedImages, ImageSource, share_cores
 
 METRICS = ("train_loss", "train_acc", "val_loss", "val_acc")
 QUIET = (  # Lightning advice that does not apply here

@@ -1,8 +1,8 @@
 """Every option of `transferkit train`, declared once, and the strategies that use them.
 
 :class:`TrainOptions` is the declaration: each field's default, help text, allowed values and
-command-line flag.  :data:`STRATEGIES` says which options each strategy uses and what it
-defaults differently.  The CLI's `train` command is generated from both (cli/train.py), the
+command-line flag.  :data:`STRATEGIES` (the strategies package: one module each) says which
+options each strategy uses, what it defaults differently and what it checks.  The CLI's `train` command is generated from both (cli/train.py), the
 Python API checks its keyword arguments against them, and :func:`resolve` turns what a user
 set into the options a run uses: an option the chosen strategy does not use is refused with a
 line that names it, and ``config.json`` records only the options that were used.
@@ -11,12 +11,15 @@ line that names it, and ``config.json`` records only the options that were used.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from transferkit.errors import TransferkitError
-from transferkit.transforms import AUGMENTS
+from transferkit.core.errors import TransferkitError
+from transferkit.core.transforms import AUGMENTS
+from transferkit.training.strategies import REGISTERED, Strategy
 
 DEFAULT_MODEL = "efficientnet_lite0"
 
@@ -33,9 +36,33 @@ def option(default: Any, help: str, *, allowed: tuple | None = None, check: Call
                                             "short": short, "minimum": minimum})  # fmt: skip
 
 
-def _duration_ok(value: Any) -> bool:
-    from transferkit.planner import parse_duration
+_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(h|m|s)")
 
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``"90s"``, ``"20m"``, ``"2h"`` or ``"1h30m"``; anything else is one line that says what to write."""
+    spoken = str(text).strip().lower()
+    if re.fullmatch(r"\d+(?:\.\d+)?", spoken):
+        raise TransferkitError(f"--time-budget {text} has no unit: write {spoken}s, {spoken}m or {spoken}h")
+    parts = _DURATION.findall(spoken)
+    if not parts or _DURATION.sub("", spoken).strip() or len({unit for _, unit in parts}) < len(parts):
+        raise TransferkitError(f"--time-budget {text!r} is not a duration: write a number and a unit, such as 90s, 20m, 2h or 1h30m")
+    seconds = sum(float(number) * _UNITS[unit] for number, unit in parts)
+    if seconds <= 0:
+        raise TransferkitError(f"--time-budget {text} leaves no time: give a duration above zero, such as 90s")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """``95`` -> ``"1m35s"``: as :func:`parse_duration` reads it back (whole seconds, rounded up)."""
+    seconds = max(1, math.ceil(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return "".join(f"{n}{unit}" for n, unit in ((hours, "h"), (minutes, "m"), (secs, "s")) if n) or "0s"
+
+
+def _duration_ok(value: Any) -> bool:
     try:
         return parse_duration(value) > 0
     except TransferkitError:
@@ -50,8 +77,8 @@ def _unfreeze_ok(value: Any) -> bool:
 class TrainOptions:
     """Everything `transferkit train` takes; what a run used is saved as config.json."""
 
-    strategy: str = option("auto", "How to train: a head on cached features (linear, svm, mlp), end to end (frozen, finetune, scratch), or auto "
-                           "(the default: the recipe that measures best within --time-budget).", allowed=("linear", "svm", "mlp", "frozen", "finetune", "scratch", "auto"), short="-s")  # fmt: skip
+    strategy: str = option("auto", "How to train: a head on cached features (linear, svm, mlp, knn), end to end (frozen, finetune, scratch), or auto "
+                           "(the default: the recipe that measures best within --time-budget).", allowed=tuple(REGISTERED), short="-s")  # fmt: skip
     time_budget: str | None = option(None, "auto: the whole call's time (probing, training, scoring, writing), such as 90s, 20m or 2h "
                                      "(default: sized to the data and printed at the start).", check=_duration_ok, expected="a duration such as 90s, 20m, 2h or 1h30m")  # fmt: skip
     model: str = option(DEFAULT_MODEL, "Backbone name (see `transferkit models`).", short="-m")
@@ -117,73 +144,8 @@ def flag(name: str) -> str:
     return FIELDS[name].metadata["flag"] or "--" + name.replace("_", "-")
 
 
-@dataclass(frozen=True)
-class Strategy:
-    """A strategy: what it is, every option it uses (the shared ones included), and its own defaults."""
-
-    name: str
-    kind: str  # "features" (a head on cached features), "end-to-end" (Lightning) or "auto"
-    summary: str
-    options: frozenset[str]
-    defaults: Mapping[str, Any] = field(default_factory=dict)
-    check: Callable[[TrainOptions], None] | None = None  # rules between options, after each option's own
-
-
-SHARED = frozenset({"strategy", "model", "per_class", "val_fraction", "seed", "trust_pickle", "allow_outside_root", "pretrained", "weights",
-                    "image_size", "batch_size", "num_workers", "engine", "cache_dir", "balance"})  # fmt: skip
-HEAD_OPTIONS = SHARED | {"layer", "flip_tta", "quantize"}
-END_TO_END_OPTIONS = SHARED | {"epochs", "lr", "weight_decay", "dropout", "label_smoothing", "augment", "mirror", "crop_scale", "patience", "devices", "num_nodes", "distributed", "precision"}
-
-
-def _head_check(opts: TrainOptions) -> None:
-    if opts.balance == "sampler":
-        raise TransferkitError(f"--balance sampler draws training batches, which --strategy {opts.strategy} does not have: use --balance weights")
-
-
-def _augment_check(opts: TrainOptions) -> None:
-    """``--no-mirror`` and ``--crop-scale`` shape an augmentation: with none they would be recorded and ignored."""
-    if opts.augment == "none" and (not opts.mirror or opts.crop_scale is not None):
-        given = " and ".join(name for name, on in (("--no-mirror", not opts.mirror), ("--crop-scale", opts.crop_scale is not None)) if on)
-        raise TransferkitError(f"--augment none neither mirrors nor crops: drop {given}, or use --augment light")
-
-
-def _finetune_check(opts: TrainOptions) -> None:
-    _augment_check(opts)
-    if not opts.cache_frozen:
-        return
-    from transferkit.backbones import get_spec
-    from transferkit.schedule import FreezeSchedule
-
-    if opts.unfreeze == "all":
-        raise TransferkitError("--cache-frozen needs frozen layers: give --unfreeze N (the layer groups that train, from the output end)")
-    schedule = FreezeSchedule.of(opts, len(get_spec(opts.model).layer_groups))
-    if schedule.first_trained_group <= 1:
-        raise TransferkitError(f"--cache-frozen needs a frozen layer group: {opts.model} has {schedule.n_groups}, so --unfreeze at most {schedule.n_groups - 1}")
-    if opts.augment == "strong":
-        raise TransferkitError("--cache-frozen augments the cached feature maps (mirroring, with --augment light): use --augment light or none")
-    if opts.crop_scale is not None:
-        raise TransferkitError("--cache-frozen trains on cached feature maps, which are not cropped: drop --crop-scale")
-
-
-def _scratch_check(opts: TrainOptions) -> None:
-    _augment_check(opts)
-    if opts.pretrained:
-        raise TransferkitError("--strategy scratch trains from random weights; to start from pretrained ones use --strategy finetune")
-
-
-STRATEGIES: dict[str, Strategy] = {
-    s.name: s
-    for s in (
-        Strategy("linear", "features", "logistic regression on cached features", HEAD_OPTIONS, check=_head_check),
-        Strategy("svm", "features", "linear or RBF SVM on cached features", HEAD_OPTIONS | {"kernel"}, check=_head_check),
-        Strategy("mlp", "features", "a small MLP on cached features", HEAD_OPTIONS | {"dropout", "lr", "epochs", "weight_decay"}, {"dropout": 0.5}, _head_check),
-        Strategy("frozen", "end-to-end", "a new head trained end to end on a frozen backbone", END_TO_END_OPTIONS, {"dropout": 0.2}, _augment_check),
-        Strategy("finetune", "end-to-end", "the head, then the last layer groups at a lower learning rate",
-                 END_TO_END_OPTIONS | {"unfreeze", "backbone_lr_mult", "head_epochs", "gradual", "cache_frozen"}, {"dropout": 0.2}, _finetune_check),
-        Strategy("scratch", "end-to-end", "the same network with random weights", END_TO_END_OPTIONS - {"weights"}, {"dropout": 0.2, "pretrained": False}, _scratch_check),
-        Strategy("auto", "auto", "the recipe that measures best on this data within --time-budget", frozenset(FIELDS)),
-    )
-}  # fmt: skip
+# The registry of strategies (one module each, in strategies/); auto uses every option there is.
+STRATEGIES: dict[str, Strategy] = {name: s if s.kind != "auto" else dataclasses.replace(s, options=frozenset(FIELDS)) for name, s in REGISTERED.items()}
 FEATURE_STRATEGIES = tuple(name for name, s in STRATEGIES.items() if s.kind == "features")
 END_TO_END_STRATEGIES = tuple(name for name, s in STRATEGIES.items() if s.kind == "end-to-end")
 

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from transferkit.backbones import build_backbone
-from transferkit.errors import TransferkitError
-from transferkit.options import END_TO_END_STRATEGIES, FEATURE_STRATEGIES, STRATEGIES, TrainOptions, check_names, flag, from_config, resolve, used
+from transferkit.core.backbones import build_backbone
+from transferkit.core.errors import TransferkitError
+from transferkit.training.options import END_TO_END_STRATEGIES, FEATURE_STRATEGIES, STRATEGIES, TrainOptions, check_names, flag, from_config, resolve, used
 
 __all__ = ["END_TO_END_STRATEGIES", "FEATURE_STRATEGIES", "STRATEGIES", "TrainOptions", "TrainResult", "train"]
 
@@ -34,18 +34,21 @@ class TrainResult:
     run: Any = field(repr=False, default=None)  # runs.Run, loaded and ready to predict
 
 
-def train(data, out: str | Path | None = None, *, resume: bool = False, progress: bool = True, **options) -> TrainResult:
-    """Train a classifier on ``data`` (a DATA string or a loaded ImageDataset) and save the run.
+def train(data, out: str | Path | None = None, *, resume: bool = False, progress: bool = True, plan: dict | None = None,
+          time_limit_s: float | None = None, started: float | None = None, **options) -> TrainResult:  # fmt: skip
+    """Train a classifier on ``data`` (a DATA string or a loaded ImageDataset) with one named strategy and save the run.
 
     ``options`` are those of `transferkit train`, by the names of :class:`options.TrainOptions`;
-    an option the chosen strategy does not use is refused.  Without ``strategy`` (``auto``) the
-    recipe is planned on the data within ``time_budget`` (see auto.py).  ``out`` is the run folder (default
+    an option the chosen strategy does not use is refused.  ``strategy="auto"`` is the planner's
+    (transferkit.api.train plans, then calls this with the options it chose, the record of its
+    plan for the report, and the training's ``time_limit_s``).  ``out`` is the run folder (default
     ``runs/<data>-<model>-<strategy>``); ``resume`` continues an interrupted end-to-end run from
-    its last checkpoint, with the options it recorded.
+    its last checkpoint, with the options it recorded; ``started`` (``time.monotonic()``): when
+    the user's call began, for the wall time it reports.
     """
-    from transferkit.data import ImageDataset, load_data
+    from transferkit.core.data import ImageDataset, load_data
 
-    started = time.monotonic()  # --time-budget counts from here
+    started = time.monotonic() if started is None else started
     if resume and out is not None and (Path(out) / "config.json").is_file():
         opts = _resumed_options(Path(out), options)
     else:
@@ -58,12 +61,8 @@ def train(data, out: str | Path | None = None, *, resume: bool = False, progress
     )
     if not isinstance(dataset, ImageDataset):
         return _train_on_bottleneck_features(dataset, opts, out, given=options)
-    plan, time_limit = None, None
     if opts.strategy == "auto":
-        from transferkit.auto import plan as plan_run
-
-        planned = plan_run(dataset, options, started=started, progress=progress)
-        opts, plan, time_limit = planned.options, planned.record, planned.time_limit_s
+        raise TransferkitError("the trainer takes one named strategy: plan first (transferkit.train plans when no --strategy is given)")
     train_set = dataset.train.per_class(opts.per_class, seed=opts.seed) if opts.per_class else dataset.train
     missing = set(range(len(dataset.classes))) - set(np.unique(train_set.labels).tolist())
     if missing:
@@ -72,14 +71,14 @@ def train(data, out: str | Path | None = None, *, resume: bool = False, progress
     if not resume and (run_dir / "model.json").exists():
         raise TransferkitError(f"{run_dir} already holds a finished run; choose another --out or remove it")
     run_dir.mkdir(parents=True, exist_ok=True)
-    from transferkit.runs import write_json
+    from transferkit.core.runs import write_json
 
     write_json(run_dir / "config.json", {"data": dataset.name, "classes": dataset.classes, **used(opts)})
     if opts.strategy in FEATURE_STRATEGIES:
         model, history, timings, scored = _train_head(dataset, train_set, opts, progress)
     else:
         try:
-            model, history, timings = _train_end_to_end(dataset, train_set, opts, run_dir, resume, progress, time_limit)
+            model, history, timings = train_end_to_end(dataset, train_set, opts, run_dir, resume, progress, time_limit_s)
         except _NotRankZero:  # DDP: rank 0 evaluates and writes the run; the other processes are done
             return TrainResult(run_dir, {"summary": {}}, None)
         scored = {}
@@ -87,13 +86,8 @@ def train(data, out: str | Path | None = None, *, resume: bool = False, progress
 
 
 def _head(opts: TrainOptions):
-    """The scikit-learn head the options describe."""
-    from transferkit.heads import make_head
-
-    params = {"class_weight": "balanced" if opts.balance == "weights" else None}
-    if opts.strategy == "mlp":
-        params.update(dropout=opts.dropout, lr=opts.lr, epochs=opts.epochs, weight_decay=opts.weight_decay)
-    return make_head(opts.strategy, kernel=opts.kernel, seed=opts.seed, **params)
+    """The unfitted scikit-learn head of ``opts``' strategy."""
+    return STRATEGIES[opts.strategy].head(opts)
 
 
 def _resumed_options(run_dir: Path, given: dict) -> TrainOptions:
@@ -112,8 +106,9 @@ def _same_type(recorded: Any, value: Any) -> Any:
     return str(value) if isinstance(recorded, str) and value is not None and not isinstance(value, str) else value
 
 
-def _backbone(opts: TrainOptions):
-    from transferkit.backbones import get_spec
+def backbone_for(opts: TrainOptions):
+    """The network a run with ``opts`` starts from."""
+    from transferkit.core.backbones import get_spec
 
     # A --weights file is always loaded (or refused); baselines without pretrained weights (lenet,
     # pixels) are otherwise built at random, and scratch always is (its options refuse --weights).
@@ -123,7 +118,7 @@ def _backbone(opts: TrainOptions):
 
 def _extract(backbone, images, opts: TrainOptions, split: str, dataset_name: str, progress: bool, train_set):
     """Features of ``images``; an int8 engine is calibrated on ``train_set``, whatever the split."""
-    from transferkit.features import extract_features
+    from transferkit.core.features import extract_features
 
     return extract_features(
         images.samples, images.labels, backbone, data_fingerprint=images.fingerprint(), layer=opts.layer,
@@ -135,9 +130,9 @@ def _extract(backbone, images, opts: TrainOptions, split: str, dataset_name: str
 
 def _train_head(dataset, train_set, opts: TrainOptions, progress: bool):
     """Extract (or reuse) features, fit the scikit-learn head, fold it into the network."""
-    from transferkit.runs import TrainedModel
+    from transferkit.core.runs import TrainedModel
 
-    backbone = _backbone(opts)
+    backbone = backbone_for(opts)
     started = time.perf_counter()
     train_features = _extract(backbone, train_set, opts, "train", dataset.name, progress, train_set)
     extract_seconds = time.perf_counter() - started
@@ -198,12 +193,13 @@ def _stratified_rows(y: np.ndarray, share: float, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(rows))
 
 
-def _train_end_to_end(dataset, train_set, opts: TrainOptions, run_dir: Path, resume: bool, progress: bool, time_limit_s: float | None = None):
-    from transferkit.finetune import FitConfig, fit
-    from transferkit.runs import TrainedModel
-    from transferkit.schedule import FreezeSchedule
+def train_end_to_end(dataset, train_set, opts: TrainOptions, run_dir: Path, resume: bool, progress: bool, time_limit_s: float | None = None):
+    """Fit ``opts``' end-to-end strategy on Lightning's Trainer: (the trained model, its history, its timings)."""
+    from transferkit.training.finetune import FitConfig, fit
+    from transferkit.core.runs import TrainedModel
+    from transferkit.training.schedule import FreezeSchedule
 
-    backbone = _backbone(opts)
+    backbone = backbone_for(opts)
     inputs = {"train": (train_set.samples, train_set.labels), "val": (dataset.val.samples, dataset.val.labels)}
     extract_seconds, from_group, cached, skipped = 0.0, None, None, None
     if opts.cache_frozen:  # the groups that never train run once, here, through the feature cache
@@ -237,9 +233,9 @@ def _finish(run_dir: Path, dataset, train_set, model, history, timings, scored, 
     """Score val and test (unless ``scored`` has them: (samples, labels, probabilities) per split),
     save model, metrics, plots, reports (``plan``: how auto chose the options, for the report;
     ``started``: when the call began, for the wall time)."""
-    from transferkit.html_report import write_html_report
-    from transferkit.report import classification_metrics, plot_confusion, plot_curves, write_report
-    from transferkit.runs import MODEL_META, Run, load_run, save_model, write_json
+    from transferkit.core.html_report import write_html_report
+    from transferkit.core.report import classification_metrics, plot_confusion, plot_curves, write_report
+    from transferkit.core.runs import MODEL_META, Run, load_run, save_model, write_json
 
     image_size = model.backbone.spec.check_image_size(opts.image_size)
     # The weights first: their checksum names the ONNX export that scores val and test (eager
@@ -303,8 +299,8 @@ BOTTLENECK_OPTIONS = {"strategy", "seed", "trust_pickle", "allow_outside_root", 
 
 def _train_on_bottleneck_features(features, opts: TrainOptions, out, given: dict) -> TrainResult:
     """The lab's precomputed bottleneck pickles: a head on them, evaluated; no backbone to save."""
-    from transferkit.report import classification_metrics
-    from transferkit.runs import PRECOMPUTED_FEATURES, write_json
+    from transferkit.core.report import classification_metrics
+    from transferkit.core.runs import PRECOMPUTED_FEATURES, write_json
 
     if opts.strategy not in FEATURE_STRATEGIES:
         raise TransferkitError(f"{features.name} holds precomputed features: use --strategy {', '.join(FEATURE_STRATEGIES)}")
