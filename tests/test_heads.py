@@ -12,7 +12,7 @@ from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from transferkit.core.heads import SCALINGS, _pick_c, LinearHead, MLPHead, NumpyDropout, PowerL2Norm, SVMHead, head_module, power_l2
+from transferkit.core.heads import SCALINGS, pick_c, LinearHead, MLPHead, NumpyDropout, PowerL2Norm, SVMHead, head_module, power_l2
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,7 @@ def test_unknown_head_layout():
 def test_warm_started_c_path_chooses_as_a_grid_search_does(blobs):
     X, y = blobs
     grid = [10.0, 1e-3, 0.1, 1e-2, 1.0]  # any order: the path sorts it
-    chosen, score = _pick_c(LogisticRegression(max_iter=1000), X, y, grid, cv_max_samples=5000, seed=0)
+    chosen, score = pick_c(LogisticRegression(max_iter=1000), X, y, grid, cv_max_samples=5000, seed=0)
     search = GridSearchCV(LogisticRegression(max_iter=1000), {"C": grid}, cv=StratifiedKFold(3, shuffle=True, random_state=0)).fit(X, y)
     assert chosen == search.best_params_["C"]
     assert score == pytest.approx(search.best_score_, abs=0.01)

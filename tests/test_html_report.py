@@ -130,6 +130,22 @@ def test_report_on_new_data_shows_that_data_and_skips_bad_files(run_dir, tmp_pat
     assert "1 image could not be read and is left out." in text
 
 
+def test_report_rebuilt_from_a_planned_run_keeps_its_plan(run_dir, tmp_path):
+    """`transferkit report RUN` shows the plan metrics.json recorded; on other data it leaves it out."""
+    import shutil
+
+    copy = tmp_path / "planned"
+    shutil.copytree(run_dir, copy)
+    recorded = json.loads((copy / "metrics.json").read_text())
+    plan = {"chosen": "linear --model pixels", "expected_accuracy": 0.95, "command": "transferkit train digits --strategy linear --model pixels",
+            "candidates": [{"recipe": "linear --model pixels", "expected_accuracy": 0.95, "cost_s": 4.0, "fits": True, "chosen": True, "evidence": "probe"}]}  # fmt: skip
+    (copy / "metrics.json").write_text(json.dumps({**recorded, "plan": plan}))
+    result = CliRunner().invoke(app, ["report", str(copy), "--engine", "torch"])
+    assert result.exit_code == 0, result.output
+    text = (copy / "report.html").read_text()
+    assert "id=plan>" in text and "<tr class=chosen>" in text and f"{recorded['val']['accuracy']:.1%} val" in text
+
+
 def test_report_commands_fail_in_one_line(run_dir, tmp_path):
     runner = CliRunner()
     result = runner.invoke(app, ["report", str(run_dir), "--split", "test"])

@@ -38,6 +38,7 @@ STRATEGIES = {
     "svm-linear": {"strategy": "svm", "kernel": "linear"},
     "svm-rbf": {"strategy": "svm", "kernel": "rbf"},
     "mlp": {"strategy": "mlp"},
+    "knn": {"strategy": "knn"},
     "frozen": {"strategy": "frozen", "epochs": 5, **END_TO_END},
     "finetune": {"strategy": "finetune", "epochs": 4, "head_epochs": 2, **END_TO_END},
     "finetune-cached": {"strategy": "finetune", "unfreeze": "2", "cache_frozen": True, "epochs": 4, **END_TO_END},
@@ -66,6 +67,7 @@ FLOORS = {
         "svm-linear": (0.70, 0.9000, 0.8250),
         "svm-rbf": (0.50, 0.8000, 0.6125),
         "mlp": (0.75, 0.9000, 0.8500),
+        "knn": (0.0, 0.0, 0.0),  # MEASURE
         "frozen": (0.65, 0.8400, 0.8000),
         "finetune": (0.70, 0.8600, 0.8250),
         "finetune-cached": (0.65, 0.7600, 0.8625),
@@ -77,6 +79,7 @@ FLOORS = {
         "svm-linear": (0.65, 0.7917, 0.9375),
         "svm-rbf": (0.65, 0.7500, 0.8542),
         "mlp": (0.80, 0.9167, 0.9375),
+        "knn": (0.0, 0.0, 0.0),  # MEASURE
         "frozen": (0.75, 0.9167, 0.8750),
         "finetune": (0.80, 0.9167, 0.9167),
         "finetune-cached": (0.80, 0.9167, 0.9167),
@@ -88,6 +91,7 @@ FLOORS = {
         "svm-linear": (0.85, 0.9583, 1.0000),
         "svm-rbf": (0.85, 1.0000, 1.0000),
         "mlp": (0.85, 0.9583, 1.0000),
+        "knn": (0.0, 0.0, 0.0),  # MEASURE
         "frozen": (0.85, 1.0000, 0.9583),
         "finetune": (0.85, 1.0000, 0.9583),
         "finetune-cached": (0.85, 0.9583, 1.0000),
@@ -99,6 +103,7 @@ FLOORS = {
         "svm-linear": (0.80, 0.9722, 0.9444),
         "svm-rbf": (0.80, 0.9444, 0.9028),
         "mlp": (0.80, 1.0000, 0.9167),
+        "knn": (0.0, 0.0, 0.0),  # MEASURE
         "frozen": (0.80, 1.0000, 0.9306),
         "finetune": (0.80, 1.0000, 0.9306),
         "finetune-cached": (0.85, 1.0000, 0.9861),

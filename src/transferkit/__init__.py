@@ -6,7 +6,7 @@ The functions here are the CLI's commands, by the same names and options (see ap
 from transferkit.core.backbones import REGISTRY, Backbone, BackboneSpec, build_backbone, get_spec, list_models, load_backbone
 from transferkit.core.errors import ImageError, TransferkitError, WeightsNotFoundError
 from transferkit.core.asis import predict
-from transferkit.api import TrainResult, advise, classify, compare, evaluate, export, extract, load_run, train
+from transferkit.api import TrainResult, advise, check, classify, compare, evaluate, export, extract, load_run, train
 from transferkit.training.options import TrainOptions
 from transferkit.core import __version__
 
@@ -23,6 +23,7 @@ __all__ = [
     "WeightsNotFoundError",
     "advise",
     "build_backbone",
+    "check",
     "classify",
     "compare",
     "evaluate",

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+from transferkit.core.backbones import build_backbone
 from transferkit.core.data import ImageDataset, load_data
 from transferkit.core.errors import TransferkitError
 from transferkit.core.runs import Run, load_run
@@ -18,7 +19,7 @@ from transferkit.plan import advice, auto
 from transferkit.training.options import DEFAULT_MODEL
 from transferkit.training.trainer import TrainResult
 
-__all__ = ["TrainResult", "advise", "classify", "compare", "evaluate", "export", "extract", "load_run", "train"]
+__all__ = ["TrainResult", "advise", "check", "classify", "compare", "evaluate", "export", "extract", "load_run", "train"]
 
 
 def train(data, out: str | os.PathLike | None = None, *, resume: bool = False, progress: bool = True, **options) -> TrainResult:
@@ -51,6 +52,23 @@ def advise(data, *, model: str = DEFAULT_MODEL, pretrained: bool = True, weights
     return auto.dry_run(data if isinstance(data, str) else dataset.name, dataset, {k: v for k, v in given.items() if v is not None}, progress)
 
 
+def check(data, *, model: str = DEFAULT_MODEL, image_size: int | None = None, cache_dir: str | os.PathLike | None = None, embeddings: bool = True,
+          val_fraction: float = 0.2, seed: int = 0, trust_pickle: bool = False, allow_outside_root: bool = False, progress: bool = True) -> dict:  # fmt: skip
+    """What is wrong with ``data``'s files and labels (:func:`transferkit.core.check.check_dataset`):
+    unreadable and non-image files, exact and near duplicates within a class, across classes and
+    across splits, likely label errors, class balance.  A JSON-serialisable report; nothing in
+    the user's folder is changed.  ``embeddings``: near duplicates and label errors from
+    ``model``'s cached features (extracted once); without, only the files and their bytes."""
+    from transferkit.core.check import check_dataset
+
+    dataset = data if isinstance(data, ImageDataset) else load_data(str(data), trust_pickle=trust_pickle, val_fraction=val_fraction, seed=seed,
+                                                                    allow_outside_root=allow_outside_root)  # fmt: skip
+    if not isinstance(dataset, ImageDataset):
+        raise TransferkitError(f"{data} holds precomputed features, not images: there are no files to check")
+    backbone = build_backbone(model, pretrained=True) if embeddings else None
+    return check_dataset(dataset, backbone, image_size=image_size, cache_dir=cache_dir, val_fraction=val_fraction, seed=seed, progress=progress)
+
+
 def evaluate(run: str | os.PathLike | Run, data, *, split: str | None = None, batch_size: int = 32, engine: str = "auto",
              trust_pickle: bool = False, allow_outside_root: bool = False) -> dict:  # fmt: skip
     """Accuracy, per-class precision/recall and confusion matrix of a trained run on labelled ``data``
@@ -74,8 +92,6 @@ def extract(data, *, model: str = DEFAULT_MODEL, layer: str = "penultimate", ima
             quantize: str | None = None, seed: int = 0, engine: str = "auto", devices: int | str = 1, num_nodes: int = 1,
             chunk_batches: int = 16, progress: bool = True) -> dict[str, Any]:  # fmt: skip
     """Compute (or reuse) the cached bottleneck features of each split of ``data``: {split: CachedFeatures}."""
-    from transferkit.core.backbones import build_backbone
-    from transferkit.core.data import ImageDataset, load_data
     from transferkit.core.distributed import launch
     from transferkit.core.features import extract_features
 

@@ -7,7 +7,7 @@ import sys
 from transferkit.cli._app import app
 
 # Importing the command modules registers their commands on ``app``.
-from transferkit.cli import advise, cache, compare, demo, export, extract, models, predict, report, serve, train  # noqa: F401,E402
+from transferkit.cli import advise, cache, check, compare, demo, export, extract, models, predict, report, serve, train  # noqa: F401,E402
 
 
 def main() -> None:

@@ -78,8 +78,9 @@ def _last_linear(module: nn.Module) -> nn.Linear:
     return [m for m in module.modules() if isinstance(m, nn.Linear)][-1]
 
 
-def _pick_c(estimator, X, y, grid, cv_max_samples, seed) -> tuple[float, float]:
+def pick_c(estimator, X, y, grid, cv_max_samples, seed) -> tuple[float, float]:
     """Choose C by stratified cross-validation on at most ``cv_max_samples`` rows: (C, its score).
+    The one C search of the package: the heads and the planner's probes use it.
 
     Estimators that can warm-start (logistic regression) fit each fold along ascending C, each
     fit starting from the previous solution: a warm full-CIFAR-10 linear `train` call went from
@@ -168,7 +169,7 @@ class LinearHead(ClassifierMixin, BaseEstimator):
         if self.C is not None:
             self.scaling_, self.C_ = scalings[0], self.C
         else:  # the best cross-validated score over every (scaling, C)
-            scores = {name: _pick_c(model, scaled[name], y, list(self.C_GRIDS[name]), self.cv_max_samples, self.random_state) for name in scalings}
+            scores = {name: pick_c(model, scaled[name], y, list(self.C_GRIDS[name]), self.cv_max_samples, self.random_state) for name in scalings}
             self.scaling_ = max(scalings, key=lambda name: scores[name][1])
             self.C_ = scores[self.scaling_][0]
         self.model_ = model.set_params(C=self.C_).fit(scaled[self.scaling_], y)
@@ -232,7 +233,7 @@ class SVMHead(ClassifierMixin, BaseEstimator):
             self.kernel_map_.fit(self.scaler_.transform(X))
         Z = self._map(X)
         model = LinearSVC(dual="auto", max_iter=5000, class_weight=self.class_weight)
-        self.C_ = self.C if self.C is not None else _pick_c(model, Z, y, list(self.c_grid), self.cv_max_samples, self.random_state)[0]
+        self.C_ = self.C if self.C is not None else pick_c(model, Z, y, list(self.c_grid), self.cv_max_samples, self.random_state)[0]
         self.model_ = model.set_params(C=self.C_).fit(Z, y)
         self.classes_ = self.model_.classes_
         return self

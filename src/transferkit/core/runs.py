@@ -8,6 +8,7 @@ plots and ``report.md``.  Nothing in it is pickled and no absolute path is recor
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 from dataclasses import dataclass, field
@@ -147,6 +148,19 @@ def write_json(path: Path, obj: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, default=_jsonable) + "\n")
     os.replace(tmp, path)
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    """A table of a run folder (metrics.csv per epoch, learning_curve.csv): one column per key seen, in order."""
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, list(dict.fromkeys(k for row in rows for k in row)))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def _jsonable(value: Any) -> Any:

@@ -17,6 +17,7 @@ import numpy as np
 
 from transferkit.core.backbones import DEFAULT_MODEL, build_backbone
 from transferkit.core.errors import TransferkitError
+from transferkit.plan.probes import linear_probe
 
 LARGE_PER_CLASS = 1000  # images per class from which fine-tuning pays off
 SIMILARITY_MARGIN = 0.01  # an earlier stage must beat the last layer by this much to count
@@ -41,20 +42,10 @@ class Advice:
 
 
 def _probe(X: np.ndarray, y: np.ndarray, seed: int) -> float:
-    """Cross-validated accuracy of a standardised logistic regression (best of a few C)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    folds = int(min(3, np.bincount(y).min()))
-    if folds < 2:
+    """Cross-validated accuracy of the planner's linear probe (:func:`transferkit.plan.probes.linear_probe`)."""
+    if int(np.bincount(y).min()) < 2:
         raise TransferkitError("advice needs at least 2 images of every class in the sample")
-    cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
-    return max(
-        float(cross_val_score(make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=500)), X, y, cv=cv).mean())
-        for c in (0.01, 0.1, 1.0)
-    )
+    return linear_probe(X, y, seed=seed)[1]
 
 
 def _image_sizes(samples, limit: int = 50) -> tuple[int, int]:

@@ -34,12 +34,17 @@ from typing import Any, Callable
 
 import numpy as np
 
+from transferkit.core.backbones import build_backbone
+from transferkit.core.check import check_dataset, summary_lines
 from transferkit.core.data import ImageDataset, load_data
 from transferkit.core.errors import TransferkitError
+from transferkit.core.throughput import ThroughputTable, Workload, split_cores
 from transferkit.plan.advice import Advice, four_cases
+from transferkit.plan.planner import (LAST_GROUPS_SCHEDULE, SAFETY, WHOLE_NETWORK_SCHEDULE, Candidate, CostModel, DataSizes, choose, extrapolate_accuracy,
+                                      learning_curve_exponent, with_user_options)
+from transferkit.plan.probes import layer_features, learning_curve, linear_probe, measure_augmentation, rbf_probe, views
 from transferkit.training import trainer
-from transferkit.training.options import DEFAULT_MODEL, STRATEGIES, TrainOptions, resolve, used
-from transferkit.plan.planner import LAST_GROUPS_SCHEDULE, WHOLE_NETWORK_SCHEDULE
+from transferkit.training.options import DEFAULT_MODEL, STRATEGIES, TrainOptions, format_duration, parse_duration, resolve, used
 
 SAMPLE_PER_CLASS, SAMPLE_IMAGES = 100, 1000  # the training sample the probes fit on (at most) ...
 MIN_SAMPLE_IMAGES, SAMPLE_IMAGES_PER_S = 200, 3.5  # ... and at least, or 3.5 a second of the budget: 420 for 2 minutes
@@ -75,7 +80,6 @@ def default_budget(n_train: int) -> float:
 @dataclass
 class Planned:
     """What auto decided: the options to train with, the end-to-end training's time limit, and the record for the report."""
-
     options: TrainOptions
     time_limit_s: float | None
     record: dict = field(default_factory=dict)
@@ -84,7 +88,6 @@ class Planned:
 @dataclass
 class _Searched:
     """A recipe with its expected accuracy, where that comes from, and any cost the model cannot price."""
-
     recipe: dict
     accuracy: float
     evidence: str
@@ -111,9 +114,6 @@ def plan(dataset, given: dict, *, started: float | None = None, progress: bool =
     (``time.monotonic()``): when the user's call began, the budget counts from there; ``say``:
     where the plan's lines go (default: stderr, unless ``progress`` is off).
     """
-    from transferkit.plan.planner import CostModel, DataSizes, choose, format_duration, parse_duration, with_user_options
-    from transferkit.core.throughput import ThroughputTable, split_cores
-
     base = resolve({**given, "strategy": "auto"})
     train = dataset.train.per_class(base.per_class, seed=base.seed) if base.per_class else dataset.train
     n_classes = len(dataset.classes)
@@ -164,6 +164,10 @@ def plan(dataset, given: dict, *, started: float | None = None, progress: bool =
         "command": chosen.command(dataset.name),
         "case": _four_cases(train, n_classes, context.evidence),
         "augmentation": context.augmentation.report() if context.augmentation is not None else None,
+        # the mirror test's decision and, per class, the class its mirror images were taken for (the report names mirror pairs among the confusions)
+        "mirror": None if context.augmentation is None else {
+            "decision": context.augmentation.mirror.decision, "layer": context.augmentation.layer,
+            "classes": [{k: row[k] for k in ("class", "images", "mirrored_as", "mirrored_as_share", "breaks")} for row in context.augmentation.mirror.classes]},
         "evidence": context.evidence,
         "candidates": chosen.table(),
         "notes": chosen.notes + context.notes,
@@ -191,10 +195,6 @@ class _Context:
 def _network_recipes(c: _Context, model: str) -> list[_Searched]:
     """Heads on ``model``'s features at each probed size and layer, and the end-to-end recipes
     whose probe on the sample fitted the probing time."""
-    from transferkit.plan.planner import extrapolate_accuracy, learning_curve_exponent
-    from transferkit.plan.probes import layer_features, learning_curve, measure_augmentation, views
-    from transferkit.core.throughput import Workload
-
     opts = c.base.replace(model=model)
     backbone = trainer.backbone_for(opts)
     spec = backbone.spec
@@ -315,8 +315,6 @@ def _probe_end_to_end(c: _Context, model: str, name: str, size: int, linear_on_v
     """Recipe ``name`` trained at ``size`` on half the sample and on all of it, scored on the
     validation sample: its learning curve (sizes, accuracies), the size and a line of evidence.
     None where it would overrun the time for measuring, or the user's options rule it out."""
-    from transferkit.plan.planner import DataSizes, with_user_options
-
     settings = {**END_TO_END_RECIPES[name], "model": model, "image_size": size, "epochs": PROBE_EPOCHS, **_augmentation(c, name == "finetune-all")}
     runnable, dropped = with_user_options([settings], c.given)
     if not runnable:
@@ -354,10 +352,6 @@ def _probe_fit(opts: TrainOptions, train, c: _Context) -> float:
 
 def _pixel_recipes(c: _Context) -> list[_Searched]:
     """Raw pixels with a linear model and an RBF SVM: the baselines a network must beat (digits)."""
-    from transferkit.core.backbones import build_backbone
-    from transferkit.plan.planner import extrapolate_accuracy
-    from transferkit.plan.probes import layer_features, learning_curve, linear_probe, rbf_probe
-
     pixels = build_backbone("pixels", pretrained=False)
     X = layer_features(pixels, c.sample.samples, pixels.spec.transform(), ["penultimate"], seed=c.base.seed)["penultimate"]
     found = []
@@ -384,7 +378,6 @@ class _SizedRates:
     """Images/s of a workload at any input size from measurements at a few (``sizes``): log-linear
     in the size between the two nearest measured ones, as a network's work grows with its pixels.
     Forward passes are measured at one batch size: theirs changes little with it."""
-
     def __init__(self, rate: Callable):
         self.rate = rate
         self.sizes: dict[str, list[int]] = {}  # by model: the sizes measured (a model not here: every size measured)
@@ -409,8 +402,6 @@ def _priced(opts: TrainOptions, found: _Searched, c: _Context):
     """A Candidate for ``opts``: a head at its estimated cost, with the planner's margin; an
     end-to-end recipe with as many epochs as fit what is left (up to the ones its data size is
     worth), its training held to that time, its expected accuracy lowered where fewer fit."""
-    from transferkit.plan.planner import SAFETY, Candidate
-
     if STRATEGIES[opts.strategy].kind == "features":
         return Candidate(opts, (c.cost.cost(opts, c.sizes) + found.extra_s) * SAFETY, found.accuracy, found.evidence)
     one, two = c.cost.cost(opts.replace(epochs=1), c.sizes), c.cost.cost(opts.replace(epochs=2), c.sizes)
@@ -444,22 +435,29 @@ def _four_cases(train, n_classes: int, evidence: dict) -> str:
     return four_cases(median, evidence.get("layer_accuracy") or {"penultimate": 0.0})[0]
 
 
-def train(data, out=None, *, resume: bool = False, progress: bool = True, **options):
-    """`transferkit train`: with a strategy (or ``resume``), that strategy exactly
+def train(data, out=None, *, resume: bool = False, progress: bool = True, check: bool = True, **options):
+    """`transferkit train`: the data's files checked (:func:`transferkit.core.check.check_dataset`,
+    without embeddings: one line a finding), then with a strategy that strategy exactly
     (:func:`transferkit.training.trainer.train`); without, the recipe :func:`plan` chooses on the
-    data, trained with its training time as a limit and the plan recorded for the report."""
+    data, trained with its training time as a limit and the plan recorded for the report.
+    ``resume`` continues a run with the options it recorded; ``check=False`` skips the check."""
     started = time.monotonic()  # --time-budget counts from here
-    resuming = resume and out is not None and (Path(out) / "config.json").is_file()
-    if options.get("strategy", "auto") not in (None, "auto") or resuming:
+    if resume and out is not None and (Path(out) / "config.json").is_file():
         return trainer.train(data, out, resume=resume, progress=progress, started=started, **options)
-    opts = resolve({**options, "strategy": "auto"})
+    opts = resolve({"strategy": "auto", **{k: v for k, v in options.items() if v is not None}})
     dataset = data if isinstance(data, ImageDataset) else load_data(
         str(data), trust_pickle=opts.trust_pickle, val_fraction=opts.val_fraction, seed=opts.seed, allow_outside_root=opts.allow_outside_root)
     if not isinstance(dataset, ImageDataset):  # precomputed features: the trainer says which strategies take them
         return trainer.train(dataset, out, resume=resume, progress=progress, started=started, **options)
+    found = check_dataset(dataset, None, decode=False, val_fraction=opts.val_fraction, seed=opts.seed, progress=False) if check else None
+    if found is not None and progress:
+        for line in summary_lines(found):
+            print(f"check: {line}", file=sys.stderr)
+    if opts.strategy != "auto":
+        return trainer.train(dataset, out, resume=resume, progress=progress, started=started, check=found, **options)
     planned = plan(dataset, options, started=started, progress=progress)
     return trainer.train(dataset, out, resume=resume, progress=progress, plan=planned.record, time_limit_s=planned.time_limit_s,
-                          started=started, **used(planned.options))  # fmt: skip
+                          started=started, check=found, **used(planned.options))  # fmt: skip
 
 
 def dry_run(name: str, dataset, given: dict, progress: bool = True) -> Advice:

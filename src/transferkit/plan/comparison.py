@@ -63,6 +63,7 @@ def compare(data, cells: Sequence[Cell], out: str | Path, *, progress: bool = Tr
     the end-to-end cells, not the heads); one that no cell uses is refused.
     """
     from transferkit.core.data import ImageDataset, load_data
+    from transferkit.core.check import check_dataset, summary_lines
     from transferkit.plan.auto import train
 
     check_names(options)
@@ -76,6 +77,9 @@ def compare(data, cells: Sequence[Cell], out: str | Path, *, progress: bool = Tr
         str(data), trust_pickle=options.get("trust_pickle", False), seed=options.get("seed", 0),
         val_fraction=options.get("val_fraction", 0.2), allow_outside_root=options.get("allow_outside_root", False),
     )
+    if isinstance(dataset, ImageDataset):
+        for line in summary_lines(check_dataset(dataset, None, decode=False, progress=False)):
+            echo(f"check: {line}")
     rows = []
     for i, cell in enumerate(cells, 1):
         cell_dir = out / cell.name
@@ -88,7 +92,7 @@ def compare(data, cells: Sequence[Cell], out: str | Path, *, progress: bool = Tr
         echo(f"[{i}/{len(cells)}] {cell.name}")
         resume = (cell_dir / "checkpoints" / "last.ckpt").is_file()
         try:
-            result = train(dataset, cell_dir, resume=resume, progress=progress, **cell.train_options(options))
+            result = train(dataset, cell_dir, resume=resume, progress=progress, check=False, **cell.train_options(options))  # checked once, above
         except TransferkitError as err:
             rows.append(_row(cell, "failed", {}, reason=str(err)))
             echo(f"  failed: {err}")

@@ -55,21 +55,24 @@ def rbf_probe(X: np.ndarray, y: np.ndarray, *, seed: int = 0, c_grid: Sequence[f
 
 
 def _cross_validated(X: np.ndarray, y: np.ndarray, model, c_grid: Sequence[float], seed: int):
-    """``StandardScaler`` + ``model(C)`` for the best C of ``c_grid`` by stratified CV, fitted on all of ``X, y``: (pipeline, CV accuracy)."""
-    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    """``StandardScaler`` + ``model(C)`` for the best C of ``c_grid`` (the heads' C search,
+    :func:`~transferkit.core.heads.pick_c`), fitted on all of ``X, y``: (pipeline, CV accuracy)."""
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    from transferkit.core.heads import pick_c
+
     y = np.asarray(y)
     counts = np.bincount(y)
-    folds = int(min(3, counts[counts > 0].min()))
-    if folds < 2 or len(np.flatnonzero(counts)) < 2:
+    if int(min(3, counts[counts > 0].min())) < 2 or len(np.flatnonzero(counts)) < 2:
         raise TransferkitError("a probe needs at least 2 classes with at least 2 images each: give more images per class")
-    cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
     with one_blas_thread():
-        scores = {c: float(cross_val_score(make_pipeline(StandardScaler(), model(c)), X, y, cv=cv).mean()) for c in c_grid}
-        best = max(scores, key=scores.get)
-        return make_pipeline(StandardScaler(), model(best)).fit(X, y), scores[best]
+        pipeline = make_pipeline(StandardScaler(), model(c_grid[0]))
+        scaled = pipeline[0].fit_transform(X)
+        # (one C in the grid still gets its cross-validated accuracy: a learning curve's smaller shares)
+        best, score = pick_c(pipeline[-1], scaled, np.unique(y, return_inverse=True)[1], list(c_grid), len(y), seed)
+        pipeline[-1].set_params(C=best).fit(scaled, y)
+        return pipeline, float(score)
 
 
 def one_blas_thread():

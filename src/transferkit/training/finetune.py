@@ -9,7 +9,6 @@ them.  Checkpoints carry the history and the RNG state: a resumed run continues 
 
 from __future__ import annotations
 
-import csv
 import math
 import logging
 import shutil
@@ -33,11 +32,12 @@ from torchmetrics.classification import MulticlassAccuracy
 from transferkit.core.backbones import Backbone
 from transferkit.core.errors import TransferkitError
 from transferkit.core.heads import head_module
-from transferkit.training.options import END_TO_END_STRATEGIES, check_value
+from transferkit.training.options import END_TO_END_STRATEGIES, TrainOptions, check_value
 from transferkit.training.options import FIELDS as OPTION_FIELDS
 from transferkit.training.options import STRATEGIES as STRATEGY_OPTIONS
 from transferkit.training.schedule import FreezeSchedule
 from transferkit.core.loader import DecodedImages, ImageSource, share_cores
+from transferkit.core.runs import read_csv, write_csv
 
 METRICS = ("train_loss", "train_acc", "val_loss", "val_acc")
 QUIET = (  # Lightning advice that does not apply here
@@ -49,50 +49,27 @@ QUIET = (  # Lightning advice that does not apply here
 )
 
 
-def _default(name: str, strategy: str = "finetune"):
-    """An option's default as `transferkit train` declares it (options.py): declared once."""
-    return STRATEGY_OPTIONS[strategy].defaults.get(name, OPTION_FIELDS[name].default)
-
-
-@dataclass
-class FitConfig:
-    """The training loop's settings: the end-to-end options of options.TrainOptions (same names,
-    meanings and defaults; :meth:`of` copies them), plus where the inputs come from."""
+@dataclass(frozen=True)
+class FitConfig(TrainOptions):
+    """The training loop's settings: a run's options (every field of options.TrainOptions, with its
+    meaning and default: inherited, not re-declared) and where the inputs come from.  An option
+    left at its declared default takes the strategy's own (dropout 0.2 before an end-to-end head)."""
 
     strategy: str = "finetune"  # "frozen" | "finetune" | "scratch"
-    epochs: int = _default("epochs")
-    lr: float = _default("lr")  # the head's peak learning rate (AdamW)
-    batch_size: int = _default("batch_size")
-    weight_decay: float = _default("weight_decay")
-    dropout: float = _default("dropout")  # before the new linear head
-    label_smoothing: float = _default("label_smoothing")
-    augment: str = _default("augment")  # "none" | "light" | "strong"
-    mirror: bool = _default("mirror")  # augment light/strong mirrors at random
-    crop_scale: float | None = _default("crop_scale")  # the least share of the area a random crop keeps (None: the augment's own)
-    patience: int | None = _default("patience")  # early stopping on val accuracy
-    unfreeze: int | str = _default("unfreeze")  # finetune: layer groups trained after the head phase, from the output end
-    backbone_lr_mult: float = _default("backbone_lr_mult")  # unfrozen backbone groups train at lr * this
-    head_epochs: int = _default("head_epochs")  # finetune: epochs with the backbone frozen
-    gradual: bool = _default("gradual")  # finetune: one more group per epoch after head_epochs, up to `unfreeze`
-    image_size: int | None = _default("image_size")  # None: the spec's input size
-    balance: str | None = _default("balance")  # None | "weights" (class-weighted loss) | "sampler" (balanced draws)
-    seed: int = _default("seed")
-    devices: int | str = _default("devices")  # "auto": one device; several (DDP relaunches the script) only when asked
     accelerator: str = "auto"
-    precision: str = _default("precision")  # "auto": see resolve_precision
-    num_workers: int | None = _default("num_workers")  # None: loader.share_cores
-    num_nodes: int = _default("num_nodes")  # machines, each running `devices` processes (Lightning's DDP)
-    distributed: str = _default("distributed")  # Lightning's strategy: "auto" or "ddp" (gloo on CPUs, NCCL on GPUs)
     from_group: int | None = None  # train on cached outputs of this layer group, not on images: see fit
     time_limit_s: float | None = None  # stop training after this long, the learning rate annealed to it: see ImageClassifier
 
+    def __post_init__(self) -> None:
+        strategy = STRATEGY_OPTIONS.get(self.strategy)
+        for name, value in (strategy.defaults.items() if strategy is not None else ()):
+            if getattr(self, name) == OPTION_FIELDS[name].default:
+                object.__setattr__(self, name, value)
+
     @classmethod
-    def of(cls, options, **extra) -> "FitConfig":
-        """The loop's settings from a run's options (options.TrainOptions), field by name."""
-        shared = {f.name: getattr(options, f.name) for f in dataclasses.fields(cls) if f.name in OPTION_FIELDS}
-        shared["devices"] = int(shared["devices"]) if str(shared["devices"]).isdigit() else shared["devices"]
-        shared["unfreeze"] = shared["unfreeze"] if shared["unfreeze"] == "all" else int(shared["unfreeze"])
-        return cls(**{**shared, **extra})
+    def of(cls, options: TrainOptions, **extra) -> "FitConfig":
+        """The loop's settings from a run's options."""
+        return cls(**{name: getattr(options, name) for name in OPTION_FIELDS}, **extra)
 
     def schedule(self, n_groups: int) -> FreezeSchedule:
         return FreezeSchedule.of(self, n_groups)
@@ -424,18 +401,6 @@ def _loader(dataset: Dataset, config: FitConfig, sampler: Sampler | None, gpu: b
     return DataLoader(dataset, batch_size=size, sampler=sampler, num_workers=workers, collate_fn=collate, drop_last=drop_last, pin_memory=gpu)
 
 
-def _read_csv(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, list(dict.fromkeys(k for row in rows for k in row)))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def _resumed_epoch(last: Path) -> int:
     try:
         return int(torch.load(last, map_location="cpu", weights_only=True, mmap=True)["epoch"]) + 1
@@ -447,7 +412,7 @@ def _trainer(config: FitConfig, run_dir: Path, callbacks: list, progress: bool, 
     try:
         return L.Trainer(
             max_epochs=config.epochs, accelerator=config.accelerator, precision=resolve_precision(config),
-            devices=1 if config.devices == "auto" else config.devices, num_nodes=config.num_nodes,
+            devices=1 if config.devices == "auto" else int(config.devices), num_nodes=config.num_nodes,
             strategy=config.distributed, default_root_dir=run_dir,
             logger=CSVLogger(run_dir, name="", version="logs"), callbacks=callbacks,
             enable_progress_bar=progress, enable_model_summary=False, enable_checkpointing=True,
@@ -488,7 +453,7 @@ def fit(
     if not resume:
         shutil.rmtree(checkpoints, ignore_errors=True)
         log_file.unlink(missing_ok=True)
-    old_log = _read_csv(log_file) if log_file.is_file() else []  # CSVLogger empties it on start: merged back below
+    old_log = read_csv(log_file) if log_file.is_file() else []  # CSVLogger empties it on start: merged back below
 
     L.seed_everything(config.seed, workers=True, verbose=False)
     head_layout = new_head_layout(backbone.feature_dim, num_classes, config.dropout)
@@ -535,12 +500,12 @@ def fit(
             banners.setLevel(level)
 
     if old_log and trainer.is_global_zero:  # the resumed run logged from where last.ckpt left off: the earlier rows go back in front
-        new_log = _read_csv(log_file) if log_file.is_file() else []
+        new_log = read_csv(log_file) if log_file.is_file() else []
         first = min((int(row["epoch"]) for row in new_log), default=float("inf"))
-        _write_csv(log_file, [row for row in old_log if int(row["epoch"]) < first] + new_log)
+        write_csv(log_file, [row for row in old_log if int(row["epoch"]) < first] + new_log)
     history = model.history
     if trainer.is_global_zero:
-        _write_csv(run_dir / "metrics.csv", history)
+        write_csv(run_dir / "metrics.csv", history)
     best_epoch, best_acc = len(history), float("nan")
     if best.best_model_path:  # none when val accuracy was never a number
         state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)

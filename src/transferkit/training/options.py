@@ -88,6 +88,7 @@ class TrainOptions:
     seed: int = option(0, "Seed of the split, the initialisation and the shuffles.")
     trust_pickle: bool = option(False, "Allow loading pickle files you trust (they can run code).")
     allow_outside_root: bool = option(False, "CSV DATA: accept image paths outside the CSV's folder (absolute or ../).")
+    dedupe: bool = option(False, "Train on one copy of each image: drop byte-identical copies from training, and training images with a copy in val or test.")
     # the backbone and its inputs
     pretrained: bool = option(True, "Use random weights instead of pretrained ones.", flag="--no-pretrained")
     weights: str | None = option(None, "Pretrained weights file (safetensors, or a state dict read with weights_only=True).")

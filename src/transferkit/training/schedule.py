@@ -16,14 +16,16 @@ from typing import Any
 
 @dataclass(frozen=True)
 class FreezeSchedule:
+    """Built from a run's options (:meth:`of`): its fields are theirs, with no defaults of its own to drift."""
+
     strategy: str  # "frozen" (the head only), "finetune" (the head, then the last groups) or "scratch" (everything)
     n_groups: int
-    unfreeze: int | str = "all"  # finetune: groups trained after the head phase, from the output end
-    head_epochs: int = 1  # finetune: epochs of the head alone
-    gradual: bool = False  # finetune: one more group each epoch after the head phase, up to ``unfreeze``
-    epochs: int = 10
-    lr: float = 1e-3  # the head's peak learning rate (and the whole network's, from scratch)
-    backbone_lr_mult: float = 0.1  # fine-tuned groups' peak learning rate = lr x this
+    unfreeze: int | str  # finetune: groups trained after the head phase, from the output end, or "all"
+    head_epochs: int  # finetune: epochs of the head alone
+    gradual: bool  # finetune: one more group each epoch after the head phase, up to ``unfreeze``
+    epochs: int
+    lr: float  # the head's peak learning rate (and the whole network's, from scratch)
+    backbone_lr_mult: float  # fine-tuned groups' peak learning rate = lr x this
 
     @classmethod
     def of(cls, options: Any, n_groups: int) -> "FreezeSchedule":

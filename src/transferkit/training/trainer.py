@@ -8,6 +8,8 @@ Lightning's Trainer (see finetune.py).  Every run writes the same artifacts (see
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +37,7 @@ class TrainResult:
 
 
 def train(data, out: str | Path | None = None, *, resume: bool = False, progress: bool = True, plan: dict | None = None,
-          time_limit_s: float | None = None, started: float | None = None, **options) -> TrainResult:  # fmt: skip
+          time_limit_s: float | None = None, started: float | None = None, check: dict | None = None, **options) -> TrainResult:  # fmt: skip
     """Train a classifier on ``data`` (a DATA string or a loaded ImageDataset) with one named strategy and save the run.
 
     ``options`` are those of `transferkit train`, by the names of :class:`options.TrainOptions`;
@@ -44,7 +46,9 @@ def train(data, out: str | Path | None = None, *, resume: bool = False, progress
     plan for the report, and the training's ``time_limit_s``).  ``out`` is the run folder (default
     ``runs/<data>-<model>-<strategy>``); ``resume`` continues an interrupted end-to-end run from
     its last checkpoint, with the options it recorded; ``started`` (``time.monotonic()``): when
-    the user's call began, for the wall time it reports.
+    the user's call began, for the wall time it reports; ``check``: the data check's report
+    (transferkit.core.check), kept in metrics.json and the report, and where test images have
+    copies in the other splits, the accuracy on the rest of the test set is reported beside.
     """
     from transferkit.core.data import ImageDataset, load_data
 
@@ -64,6 +68,8 @@ def train(data, out: str | Path | None = None, *, resume: bool = False, progress
     if opts.strategy == "auto":
         raise TransferkitError("the trainer takes one named strategy: plan first (transferkit.train plans when no --strategy is given)")
     train_set = dataset.train.per_class(opts.per_class, seed=opts.seed) if opts.per_class else dataset.train
+    if opts.dedupe:
+        train_set = _one_copy_each(dataset, train_set, progress)
     missing = set(range(len(dataset.classes))) - set(np.unique(train_set.labels).tolist())
     if missing:
         raise TransferkitError(f"the training split has no images of class(es) {', '.join(dataset.classes[i] for i in sorted(missing))}")
@@ -82,7 +88,7 @@ def train(data, out: str | Path | None = None, *, resume: bool = False, progress
         except _NotRankZero:  # DDP: rank 0 evaluates and writes the run; the other processes are done
             return TrainResult(run_dir, {"summary": {}}, None)
         scored = {}
-    return _finish(run_dir, dataset, train_set, model, history, timings, scored, opts, progress, plan, started)
+    return _finish(run_dir, dataset, train_set, model, history, timings, scored, opts, progress, plan, started, check)
 
 
 def _head(opts: TrainOptions):
@@ -185,6 +191,39 @@ def _head_learning_curve(head, X, y, val, opts) -> list[dict]:
     return history
 
 
+def _one_copy_each(dataset, train_set, progress: bool):
+    """``train_set`` without byte-identical copies: the first of each kept, none of an image that val or test holds."""
+    from transferkit.core.check import duplicate_groups
+
+    if not all(isinstance(s, (str, os.PathLike)) for s in train_set.samples):
+        raise TransferkitError(f"--dedupe compares image files, and {dataset.name} holds its images in memory: drop --dedupe")
+    held_out = [s for name, part in dataset.splits.items() if name != "train" for s in part.samples]
+    groups = duplicate_groups([*train_set.samples, *held_out])
+    elsewhere, seen, keep = set(groups[len(train_set):].tolist()), set(), []
+    for i, g in enumerate(groups[: len(train_set)].tolist()):
+        if g not in elsewhere and g not in seen:
+            keep.append(i)
+        seen.add(g)
+    if progress and len(keep) < len(train_set):
+        print(f"--dedupe: training on {len(keep):,} of {len(train_set):,} images ({len(train_set) - len(keep):,} copies dropped)", file=sys.stderr)
+    return train_set.subset(keep)
+
+
+def _test_copies(dataset, check: dict | None) -> set[str] | None:
+    """The test files with a byte-identical copy in train or val, where the check found any."""
+    from transferkit.core.check import duplicate_groups
+
+    leak = (check or {}).get("exact_duplicates", {}).get("across_splits", {}).get("files", {})
+    if not leak.get("test") or dataset.test is None:
+        return None
+    parts = [dataset.train, dataset.val, dataset.test]
+    paths = [str(s) for part in parts for s in part.samples]
+    groups = duplicate_groups(paths)
+    n_test = len(dataset.test)
+    elsewhere = set(groups[:-n_test].tolist())
+    return {paths[-n_test + i] for i, g in enumerate(groups[-n_test:]) if g in elsewhere}
+
+
 def _stratified_rows(y: np.ndarray, share: float, seed: int) -> np.ndarray:
     if share >= 1.0:
         return np.arange(len(y))
@@ -229,13 +268,13 @@ def train_end_to_end(dataset, train_set, opts: TrainOptions, run_dir: Path, resu
 
 
 def _finish(run_dir: Path, dataset, train_set, model, history, timings, scored, opts: TrainOptions, progress: bool, plan: dict | None = None,
-            started: float | None = None) -> TrainResult:  # fmt: skip
+            started: float | None = None, check: dict | None = None) -> TrainResult:  # fmt: skip
     """Score val and test (unless ``scored`` has them: (samples, labels, probabilities) per split),
     save model, metrics, plots, reports (``plan``: how auto chose the options, for the report;
     ``started``: when the call began, for the wall time)."""
     from transferkit.core.html_report import write_html_report
     from transferkit.core.report import classification_metrics, plot_confusion, plot_curves, write_report
-    from transferkit.core.runs import MODEL_META, Run, load_run, save_model, write_json
+    from transferkit.core.runs import MODEL_META, Run, load_run, save_model, write_csv, write_json
 
     image_size = model.backbone.spec.check_image_size(opts.image_size)
     # The weights first: their checksum names the ONNX export that scores val and test (eager
@@ -251,6 +290,15 @@ def _finish(run_dir: Path, dataset, train_set, model, history, timings, scored, 
             scored[split] = ([images.samples[i] for i in np.flatnonzero(ok)], images.labels[ok], probs[ok])
         if split in scored:
             metrics[split] = classification_metrics(scored[split][1], scored[split][2].argmax(1), dataset.classes)
+    shared = _test_copies(dataset, check)
+    if shared is not None and "test" in scored:
+        # Test images with a byte-identical copy in train or val score memory: the rest is the honest figure.
+        samples, labels, probs = scored["test"]
+        clean = np.array([str(sample) not in shared for sample in samples])
+        metrics["test_clean"] = {**classification_metrics(labels[clean], probs[clean].argmax(1), dataset.classes), "images_with_copies": int((~clean).sum())}
+        if progress:
+            print(f"warning: {int((~clean).sum())} of {len(clean)} test images have a copy in train or val; test accuracy "
+                  f"{metrics['test']['accuracy']:.2%}, on the other {int(clean.sum())}: {metrics['test_clean']['accuracy']:.2%}", file=sys.stderr)  # fmt: skip
     params = sum(p.numel() for p in model.parameters())
     summary = {
         "data": dataset.name,
@@ -261,6 +309,7 @@ def _finish(run_dir: Path, dataset, train_set, model, history, timings, scored, 
         "train_images": len(train_set),
         "val_acc": metrics.get("val", {}).get("accuracy"),
         "test_acc": metrics.get("test", {}).get("accuracy"),
+        **({"test_acc_without_copies": metrics["test_clean"]["accuracy"], "test_images_with_copies": metrics["test_clean"]["images_with_copies"]} if "test_clean" in metrics else {}),
         **{k: v for k, v in timings.items() if v is not None},
         "params": params,
     }
@@ -268,29 +317,21 @@ def _finish(run_dir: Path, dataset, train_set, model, history, timings, scored, 
         summary["planned_by"] = "auto"
     if started is not None:
         summary["wall_seconds"] = round(time.monotonic() - started, 1)  # up to here: the reports and model.json follow in a second
-    write_json(run_dir / "metrics.json", {"summary": summary, **metrics, "history": history, **({"plan": plan} if plan else {})})
+    write_json(run_dir / "metrics.json", {"summary": summary, **metrics, "history": history, **({"plan": plan} if plan else {}), **({"check": check} if check else {})})
     if history:
         x = "epoch" if "epoch" in history[0] else "train_images"
         plot_curves(history, run_dir / "curves.png", x, f"{opts.model} / {opts.strategy}")
-        _write_csv(run_dir / ("metrics.csv" if x == "epoch" else "learning_curve.csv"), history)
+        if x == "train_images":  # an end-to-end run's metrics.csv is the training loop's (finetune.fit)
+            write_csv(run_dir / "learning_curve.csv", history)
     shown = "test" if "test" in metrics else "val"
     if shown in metrics:
         plot_confusion(metrics[shown]["confusion_matrix"], dataset.classes, run_dir / "confusion.png", f"{shown} confusion matrix")
     title = f"{dataset.name}: {opts.model} / {opts.strategy}"
     write_report(run_dir, title, summary, metrics, dataset.classes)
-    write_html_report(run_dir, title=title, summary=summary, metrics=metrics, classes=list(dataset.classes), history=history, scored=scored, plan=plan)
+    write_html_report(run_dir, title=title, summary=summary, metrics=metrics, classes=list(dataset.classes), history=history, scored=scored, plan=plan,
+                      check=check)
     write_json(run_dir / MODEL_META, {**meta, "summary": summary})
     return TrainResult(run_dir, {"summary": summary, **metrics}, load_run(run_dir))
-
-
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    import csv
-
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, columns)
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 # What a head on precomputed features uses: no network, no images, no extraction.

@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping
 from transferkit.core.errors import TransferkitError
 
 # Options every strategy uses; a head on cached features adds its own, end-to-end training its own.
-SHARED = frozenset({"strategy", "model", "per_class", "val_fraction", "seed", "trust_pickle", "allow_outside_root", "pretrained", "weights",
+SHARED = frozenset({"strategy", "model", "per_class", "val_fraction", "seed", "trust_pickle", "allow_outside_root", "dedupe", "pretrained", "weights",
                     "image_size", "batch_size", "num_workers", "engine", "cache_dir", "balance"})  # fmt: skip
 HEAD_OPTIONS = SHARED | {"layer", "flip_tta", "quantize"}
 END_TO_END_OPTIONS = SHARED | {"epochs", "lr", "weight_decay", "dropout", "label_smoothing", "augment", "mirror", "crop_scale", "patience", "devices",
