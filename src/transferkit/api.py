@@ -53,12 +53,15 @@ def advise(data, *, model: str = DEFAULT_MODEL, pretrained: bool = True, weights
 
 
 def check(data, *, model: str = DEFAULT_MODEL, image_size: int | None = None, cache_dir: str | os.PathLike | None = None, embeddings: bool = True,
-          val_fraction: float = 0.2, seed: int = 0, trust_pickle: bool = False, allow_outside_root: bool = False, progress: bool = True) -> dict:  # fmt: skip
+          near_threshold: float | None = None, val_fraction: float = 0.2, seed: int = 0, trust_pickle: bool = False, allow_outside_root: bool = False,
+          progress: bool = True) -> dict:  # fmt: skip
     """What is wrong with ``data``'s files and labels (:func:`transferkit.core.check.check_dataset`):
     unreadable and non-image files, exact and near duplicates within a class, across classes and
     across splits, likely label errors, class balance.  A JSON-serialisable report; nothing in
     the user's folder is changed.  ``embeddings``: near duplicates and label errors from
-    ``model``'s cached features (extracted once); without, only the files and their bytes."""
+    ``model``'s cached features (extracted once); without, only the files and their bytes.
+    ``near_threshold``: the cosine from which two images are near copies (default
+    :data:`~transferkit.core.check.NEAR_DUPLICATE_COSINE`; higher where the images all look alike)."""
     from transferkit.core.check import check_dataset
 
     dataset = data if isinstance(data, ImageDataset) else load_data(str(data), trust_pickle=trust_pickle, val_fraction=val_fraction, seed=seed,
@@ -66,7 +69,8 @@ def check(data, *, model: str = DEFAULT_MODEL, image_size: int | None = None, ca
     if not isinstance(dataset, ImageDataset):
         raise TransferkitError(f"{data} holds precomputed features, not images: there are no files to check")
     backbone = build_backbone(model, pretrained=True) if embeddings else None
-    return check_dataset(dataset, backbone, image_size=image_size, cache_dir=cache_dir, val_fraction=val_fraction, seed=seed, progress=progress)
+    threshold = {} if near_threshold is None else {"near_threshold": near_threshold}
+    return check_dataset(dataset, backbone, image_size=image_size, cache_dir=cache_dir, val_fraction=val_fraction, seed=seed, progress=progress, **threshold)
 
 
 def evaluate(run: str | os.PathLike | Run, data, *, split: str | None = None, batch_size: int = 32, engine: str = "auto",

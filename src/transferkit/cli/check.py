@@ -15,6 +15,7 @@ def check(
     image_size: int = typer.Option(None, "--image-size", help="Input size of the embeddings (default: the network's)."),
     cache_dir: str = CACHE_DIR,
     embeddings: bool = typer.Option(True, "--embeddings/--no-embeddings", help="Near duplicates and likely label errors need the network's features (cached)."),
+    near_threshold: float = typer.Option(None, "--near-threshold", min=0.0, max=1.0, help="Cosine from which two images are near copies (default 0.86; 0.97-0.98 where they all look alike)."),
     val_fraction: float = typer.Option(0.2, "--val-fraction", help="Share held out for validation where DATA has no val split, as train draws it."),
     seed: int = typer.Option(0, "--seed"),
     trust_pickle: bool = TRUST_PICKLE,
@@ -26,7 +27,7 @@ def check(
     from transferkit.api import check as run_check
     from transferkit.core.check import summary_lines
 
-    report = run_check(data, model=model, image_size=image_size, cache_dir=cache_dir, embeddings=embeddings, val_fraction=val_fraction, seed=seed,
+    report = run_check(data, model=model, image_size=image_size, cache_dir=cache_dir, embeddings=embeddings, near_threshold=near_threshold, val_fraction=val_fraction, seed=seed,
                        trust_pickle=trust_pickle, allow_outside_root=allow_outside_root, progress=not as_json)  # fmt: skip
     if as_json:
         print_json(report)
