@@ -61,7 +61,7 @@ def test_train_reports_the_test_accuracy_without_copies_of_training_images(leaky
     assert metrics["test_clean"]["images_with_copies"] == 2 and sum(map(sum, metrics["test_clean"]["confusion_matrix"])) == 12
     assert metrics["check"]["exact_duplicates"]["across_splits"]["files"]["test"] == 2
     err = capsys.readouterr().err
-    assert "check: exact duplicates: 2 files in test have a copy in another split" in err
+    assert "check: exact duplicates: 2 files in test with a copy in another split" in err
     assert "2 of 14 test images have a copy in train or val" in err
     assert summary["test_acc"] >= 0.9 and summary["test_acc_without_copies"] >= 0.9  # red against blue: easy
 
@@ -87,5 +87,5 @@ def test_the_check_command_reads_and_changes_nothing(leaky):
     assert report["exact_duplicates"]["across_splits"]["files"]["test"] == 2
     assert "label_errors" not in report and "near_duplicates" not in report
     text = CliRunner().invoke(app, ["check", str(leaky), "--no-embeddings"])
-    assert text.exit_code == 0 and "2 files in test have a copy in another split" in text.output
+    assert text.exit_code == 0 and "2 files in test with a copy in another split" in text.output
     assert sorted((p, p.stat().st_mtime_ns, p.stat().st_size) for p in leaky.rglob("*")) == before

@@ -382,7 +382,7 @@ def summary_lines(report: dict) -> list[str]:
         if found.get("alike", 0) >= ALIKE:  # its groups would be chains of merely similar images
             closest = "".join(f"; closest across splits: {' = '.join(c['paths'])} ({c['cosine']})" for c in found["closest_across_splits"][:1])
             lines.append(f"near duplicates not told apart: {100 * found['alike']:.0f}% of images chain into groups of over {CHAIN} at cosine >= "
-                         f"{found['threshold']} (images alike as a whole: scans, textures); rerun with near_threshold 0.97-0.98{closest}")  # fmt: skip
+                         f"{found['threshold']} (images alike as a whole: scans, textures); rerun with --near-threshold 0.97-0.98{closest}")  # fmt: skip
             continue
         leak = found["across_splits"]
         for s, n in leak["files"].items():

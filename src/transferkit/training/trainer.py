@@ -50,7 +50,7 @@ def train(data, out: str | Path | None = None, *, resume: bool = False, progress
     (transferkit.core.check), kept in metrics.json and the report, and where test images have
     copies in the other splits, the accuracy on the rest of the test set is reported beside.
     """
-    from transferkit.core.data import ImageDataset, load_data
+    from transferkit.core.data import BottleneckFeatures, ImageDataset, load_data
 
     started = time.monotonic() if started is None else started
     if resume and out is not None and (Path(out) / "config.json").is_file():
@@ -59,7 +59,7 @@ def train(data, out: str | Path | None = None, *, resume: bool = False, progress
         opts = resolve(options)
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         raise TransferkitError(f"--out {out} is a file: a run is a folder; choose another --out")
-    dataset = data if isinstance(data, ImageDataset) else load_data(
+    dataset = data if isinstance(data, (ImageDataset, BottleneckFeatures)) else load_data(
         str(data), trust_pickle=opts.trust_pickle, val_fraction=opts.val_fraction, seed=opts.seed,
         allow_outside_root=opts.allow_outside_root,
     )
