@@ -156,6 +156,7 @@ def test_the_plan_turns_mirroring_off_for_classes_that_are_each_other_s_mirror_i
     plan = metrics["plan"]
     assert "no mirroring" in plan["augmentation"]
     assert not _mirrors(from_config(json.loads((result.run_dir / "config.json").read_text())))
+    print(f"arrows seed {SEED}: test {metrics['summary']['test_acc']:.4f} ({plan['chosen']})")
     assert metrics["summary"]["test_acc"] >= ARROWS_FLOOR
 
 
@@ -164,6 +165,7 @@ def test_the_plan_keeps_mirroring_for_mirror_symmetric_classes(tmp_path):
     result = train(_dataset("shapes"), tmp_path / "shapes", progress=False, time_budget=AMPLE, image_size=64, seed=SEED, cache_dir=str(tmp_path / "cache"))
     metrics = json.loads((result.run_dir / "metrics.json").read_text())
     assert "mirroring kept" in metrics["plan"]["augmentation"]
+    print(f"shapes seed {SEED}: test {metrics['summary']['test_acc']:.4f} ({metrics['plan']['chosen']})")
     assert metrics["summary"]["test_acc"] >= SHAPES_FLOOR
 
 

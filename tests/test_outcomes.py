@@ -56,59 +56,62 @@ SPLITS = {"train": 24, "val": 12, "test": 24}  # images per class
 PHOTO_CROP_AREA = (0.01, 0.05)
 DIGITS10_SPLITS = {"train": 10, "val": 5, "test": 8}  # the MLP head's 500 steps cost in proportion to the training images
 
-# (data, strategy) -> (floor, measured val accuracy, measured test accuracy): the run must reach
-# the floor on both splits.  Measured once (2026-12-01, torch 2.14.1 on a 2-core CPU; the runs
-# are seeded and repeat exactly there); each floor is at least 0.1 below the lower of the two
-# and at least 0.15 above 1/classes, the most a model that answers one class can score on these
-# balanced splits.  Val / test images per class: digits10 5 / 8, the others 12 / 24.
+# (data, strategy) -> (floor, worst and best of min(val, test) over seeds 0-4): the run must reach
+# the floor on both splits.  Measured 2026-12-04 by benchmarks/outcome_floors.py (torch 2.14.1, a
+# 2-core AMD EPYC; each seed repeats exactly there), the seeds' values in the comment.  Each floor
+# is 0.10 under the worst seed for a head on features (a convex fit), 0.15 under it end to end
+# (a few epochs grow the last bits in which CPUs differ), and never under 1/classes + 0.15, the
+# most a model that answers one class scores on these balanced splits plus a margin.  Scratch
+# sits at that bound: from random weights, another CPU gave digits10 0.2875 where this one gives
+# 0.48 with the same seed.  Val / test images per class: digits10 5 / 8, the others 12 / 24.
 FLOORS = {
     "digits10": {
-        "linear": (0.75, 0.9000, 0.8625),
-        "svm-linear": (0.70, 0.9000, 0.8250),
-        "svm-rbf": (0.50, 0.8000, 0.6125),
-        "mlp": (0.75, 0.9000, 0.8500),
-        "knn": (0.0, 0.0, 0.0),  # MEASURE
-        "frozen": (0.65, 0.8400, 0.8000),
-        "finetune": (0.70, 0.8600, 0.8250),
-        "finetune-cached": (0.65, 0.7600, 0.8625),
-        "scratch": (0.30, 0.4800, 0.5000),
-        "auto": (0.85, 0.9600, 0.9625),
+        "linear": (0.70, 0.8375, 0.8625),  # 5 seeds: 0.863 0.863 0.863 0.863 0.838
+        "svm-linear": (0.70, 0.8125, 0.8250),  # 5 seeds: 0.825 0.825 0.825 0.825 0.812
+        "svm-rbf": (0.50, 0.6125, 0.6125),  # 5 seeds: 0.613 0.613 0.613 0.613 0.613
+        "mlp": (0.70, 0.8250, 0.8500),  # 5 seeds: 0.850 0.838 0.825 0.838 0.838
+        "knn": (0.55, 0.6875, 0.6875),  # 5 seeds: 0.688 0.688 0.688 0.688 0.688
+        "frozen": (0.60, 0.7625, 0.8375),  # 5 seeds: 0.800 0.838 0.800 0.762 0.762
+        "finetune": (0.45, 0.6375, 0.8250),  # 5 seeds: 0.825 0.680 0.637 0.650 0.738
+        "finetune-cached": (0.55, 0.7200, 0.8250),  # 5 seeds: 0.760 0.720 0.787 0.740 0.825
+        "scratch": (0.25, 0.3125, 0.5625),  # 5 seeds: 0.480 0.487 0.420 0.562 0.312
+        "auto": (0.70, 0.8625, 0.9600),  # 5 seeds: 0.863 0.950 0.950 0.950 0.960
     },
     "digits2": {
-        "linear": (0.75, 0.8750, 0.9375),
-        "svm-linear": (0.65, 0.7917, 0.9375),
-        "svm-rbf": (0.65, 0.7500, 0.8542),
-        "mlp": (0.80, 0.9167, 0.9375),
-        "knn": (0.0, 0.0, 0.0),  # MEASURE
-        "frozen": (0.75, 0.9167, 0.8750),
-        "finetune": (0.80, 0.9167, 0.9167),
-        "finetune-cached": (0.80, 0.9167, 0.9167),
-        "scratch": (0.80, 1.0000, 0.9375),
-        "auto": (0.75, 0.8750, 0.9167),
+        "linear": (0.65, 0.7917, 0.8750),  # 5 seeds: 0.875 0.875 0.792 0.792 0.875
+        "svm-linear": (0.65, 0.7917, 0.7917),  # 5 seeds: 0.792 0.792 0.792 0.792 0.792
+        "svm-rbf": (0.65, 0.7500, 0.7917),  # 5 seeds: 0.750 0.750 0.750 0.792 0.750
+        "mlp": (0.80, 0.9167, 0.9167),  # 5 seeds: 0.917 0.917 0.917 0.917 0.917
+        "knn": (0.80, 0.9167, 0.9167),  # 5 seeds: 0.917 0.917 0.917 0.917 0.917
+        "frozen": (0.65, 0.8333, 0.8750),  # 5 seeds: 0.875 0.833 0.875 0.854 0.833
+        "finetune": (0.65, 0.7917, 0.9167),  # 5 seeds: 0.917 0.833 0.792 0.854 0.792
+        "finetune-cached": (0.65, 0.7917, 0.9167),  # 5 seeds: 0.917 0.833 0.792 0.854 0.896
+        "scratch": (0.65, 0.8333, 0.9375),  # 5 seeds: 0.938 0.917 0.875 0.833 0.917
+        "auto": (0.65, 0.7917, 0.9583),  # 5 seeds: 0.875 0.875 0.792 0.792 0.958
     },
     "photos2": {
-        "linear": (0.85, 0.9583, 1.0000),
-        "svm-linear": (0.85, 0.9583, 1.0000),
-        "svm-rbf": (0.85, 1.0000, 1.0000),
-        "mlp": (0.85, 0.9583, 1.0000),
-        "knn": (0.0, 0.0, 0.0),  # MEASURE
-        "frozen": (0.85, 1.0000, 0.9583),
-        "finetune": (0.85, 1.0000, 0.9583),
-        "finetune-cached": (0.85, 0.9583, 1.0000),
-        "scratch": (0.70, 0.8333, 0.8333),
-        "auto": (0.85, 0.9583, 1.0000),
+        "linear": (0.85, 0.9583, 0.9583),  # 5 seeds: 0.958 0.958 0.958 0.958 0.958
+        "svm-linear": (0.85, 0.9583, 0.9583),  # 5 seeds: 0.958 0.958 0.958 0.958 0.958
+        "svm-rbf": (0.80, 0.9167, 1.0000),  # 5 seeds: 1.000 0.917 0.958 0.958 1.000
+        "mlp": (0.85, 0.9583, 0.9583),  # 5 seeds: 0.958 0.958 0.958 0.958 0.958
+        "knn": (0.90, 1.0000, 1.0000),  # 5 seeds: 1.000 1.000 1.000 1.000 1.000
+        "frozen": (0.80, 0.9583, 0.9583),  # 5 seeds: 0.958 0.958 0.958 0.958 0.958
+        "finetune": (0.75, 0.9167, 0.9583),  # 5 seeds: 0.958 0.958 0.958 0.958 0.917
+        "finetune-cached": (0.80, 0.9583, 1.0000),  # 5 seeds: 0.958 0.958 0.958 1.000 1.000
+        "scratch": (0.65, 0.7708, 0.8750),  # 5 seeds: 0.833 0.833 0.771 0.875 0.875
+        "auto": (0.80, 0.9583, 1.0000),  # 5 seeds: 0.958 0.958 1.000 0.958 0.958
     },
     "photos3": {
-        "linear": (0.80, 1.0000, 0.9167),
-        "svm-linear": (0.80, 0.9722, 0.9444),
-        "svm-rbf": (0.80, 0.9444, 0.9028),
-        "mlp": (0.80, 1.0000, 0.9167),
-        "knn": (0.0, 0.0, 0.0),  # MEASURE
-        "frozen": (0.80, 1.0000, 0.9306),
-        "finetune": (0.80, 1.0000, 0.9306),
-        "finetune-cached": (0.85, 1.0000, 0.9861),
-        "scratch": (0.55, 0.8056, 0.6944),
-        "auto": (0.80, 0.9722, 0.9444),
+        "linear": (0.80, 0.9167, 0.9306),  # 5 seeds: 0.917 0.917 0.917 0.931 0.931
+        "svm-linear": (0.80, 0.9444, 0.9444),  # 5 seeds: 0.944 0.944 0.944 0.944 0.944
+        "svm-rbf": (0.80, 0.9028, 0.9028),  # 5 seeds: 0.903 0.903 0.903 0.903 0.903
+        "mlp": (0.80, 0.9167, 0.9444),  # 5 seeds: 0.917 0.931 0.917 0.944 0.917
+        "knn": (0.80, 0.9444, 0.9722),  # 5 seeds: 0.972 0.972 0.944 0.972 0.944
+        "frozen": (0.75, 0.9028, 0.9583),  # 5 seeds: 0.931 0.958 0.903 0.917 0.944
+        "finetune": (0.75, 0.9028, 0.9583),  # 5 seeds: 0.931 0.958 0.903 0.903 0.944
+        "finetune-cached": (0.75, 0.9028, 0.9861),  # 5 seeds: 0.986 0.917 0.931 0.903 0.931
+        "scratch": (0.50, 0.6944, 0.7639),  # 5 seeds: 0.694 0.764 0.722 0.736 0.764
+        "auto": (0.75, 0.9167, 0.9722),  # 5 seeds: 0.944 0.972 0.917 0.931 0.931
     },
 }
 CLASSES = {"digits10": 10, "digits2": 2, "photos2": 2, "photos3": 3}
@@ -177,10 +180,10 @@ def test_strategy_learns_and_its_run_reproduces(data_name, strategy, request, fe
     if os.environ.get("TRANSFERKIT_OUTCOMES_LOG"):  # benchmarks/outcome_floors.py collects the measurements
         with open(os.environ["TRANSFERKIT_OUTCOMES_LOG"], "a") as log:
             log.write(json.dumps({"data": data_name, "strategy": strategy, "seed": SEED, "val": summary["val_acc"], "test": summary["test_acc"]}) + "\n")
-    floor, measured_val, measured_test = FLOORS[data_name][strategy]
+    floor, worst, best = FLOORS[data_name][strategy]
     assert summary["val_acc"] >= floor and summary["test_acc"] >= floor, (
         f"{data_name} / {strategy}: val {summary['val_acc']:.4f}, test {summary['test_acc']:.4f}, under the floor {floor} "
-        f"(measured {measured_val:.4f} / {measured_test:.4f})"
+        f"(seeds 0-4 measured {worst:.4f} to {best:.4f})"
     )
 
     # The saved run, loaded and scored on the images, gives the accuracy the run recorded.
@@ -204,6 +207,6 @@ def test_strategy_learns_and_its_run_reproduces(data_name, strategy, request, fe
 def test_floors_sit_below_their_measurements_and_above_one_class_answers():
     for data_name, cells in FLOORS.items():
         assert set(cells) == set(STRATEGIES), data_name
-        for strategy, (floor, measured_val, measured_test) in cells.items():
-            assert floor <= min(measured_val, measured_test) - 0.1 + 1e-9, (data_name, strategy)
+        for strategy, (floor, worst, best) in cells.items():
+            assert floor <= worst - 0.1 + 1e-9 and worst <= best, (data_name, strategy)
             assert floor >= 1 / CLASSES[data_name] + 0.15 - 1e-9, (data_name, strategy)
