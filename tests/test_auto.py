@@ -146,7 +146,9 @@ def _mirrors(opts) -> bool:
 # below do not depend on the machine's speed (a slower one trains the same epochs, for longer).
 AMPLE = "1h"
 SEED = int(os.environ.get("TRANSFERKIT_TEST_SEED", "0"))
-ARROWS_FLOOR = SHAPES_FLOOR = 0.90  # MEASURE
+# Seeds 0-2 (2026-12-04, 2-core AMD EPYC): the plan chose a linear head (arrows on stage3) and
+# scored 0.9875 on both sets for each seed; a head's floor sits 0.10 under its worst seed.
+ARROWS_FLOOR = SHAPES_FLOOR = 0.85
 
 
 @pytest.mark.slow
