@@ -5,6 +5,8 @@ image's features (N x D floats in model.safetensors): it suits small sets, not C
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -36,8 +38,9 @@ class KNNHead(ClassifierMixin, BaseEstimator):
         elif folds < 2:  # a class with one image: nothing to cross-validate, the nearest one decides
             self.k_ = 1
         else:
-            fold_train = len(y) - len(y) // folds  # the fewest references a fold trains with
-            grid = [k for k in K_GRID if k <= fold_train]
+            # the fewest references a fold can train with (stratified folds round per class): a larger k scores nan
+            fold_train = len(y) - math.ceil(len(y) / folds) - len(self.classes_)
+            grid = [k for k in K_GRID if k <= max(1, fold_train)]
             knn = KNeighborsClassifier(metric="cosine", algorithm="brute")
             cv = StratifiedKFold(folds, shuffle=True, random_state=self.random_state)
             self.k_ = int(GridSearchCV(knn, {"n_neighbors": grid}, cv=cv).fit(X, encoded).best_params_["n_neighbors"])
