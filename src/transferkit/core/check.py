@@ -441,3 +441,26 @@ def check_dataset(dataset, backbone=None, *, image_size: int | None = None, cach
         }  # fmt: skip
     splits = {name: (part.samples, part.labels) for name, part in dataset.splits.items()}
     return {"data": dataset.name, **check_images(splits, dataset.classes, embeddings, **options)}
+
+
+def metrics_without_copies(dataset, check: dict, scored: tuple, classes: list[str]) -> dict | None:
+    """The metrics of the test images (``scored``: their samples, labels, probabilities) that have
+    no byte-identical copy in train or val, where the check found such copies: the trainer's
+    ``metrics["test_clean"]``, and the rebuilt report's."""
+    from transferkit.core.report import classification_metrics
+
+    leak = ((check.get("exact_duplicates") or {}).get("across_splits") or {}).get("files") or {}
+    parts = [dataset.splits.get(s) for s in ("train", "val", "test")]
+    if not leak.get("test") or any(part is None for part in parts) or not len(parts[2]):
+        return None
+    paths = [str(sample) for part in parts for sample in part.samples]
+    groups = duplicate_groups(paths)
+    n_test = len(parts[2])
+    elsewhere = set(groups[:-n_test].tolist())
+    shared = {paths[-n_test + i] for i, g in enumerate(groups[-n_test:]) if g in elsewhere}
+    samples, labels, probs = scored
+    clean = np.array([str(sample) not in shared for sample in samples], dtype=bool)
+    if not len(clean):
+        return None
+    labels, predicted = np.asarray(labels)[clean], np.asarray(probs).argmax(1)[clean]
+    return {**classification_metrics(labels, predicted, classes), "images_with_copies": int((~clean).sum())}

@@ -26,6 +26,7 @@ import jinja2
 import numpy as np
 from markupsafe import Markup
 
+from transferkit.core.check import metrics_without_copies
 from transferkit.core.report import _pyplot, accuracy_interval, most_confused, plot_curves
 
 REPORT_FILE = "report.html"
@@ -203,7 +204,7 @@ def rebuild_report(run_dir: str | os.PathLike, data: str | None = None, *, split
     summary = {**recorded.get("summary", {})}
     check = recorded.get("check") if data is None and isinstance(recorded.get("check"), dict) else None  # a check of the data the run was trained on
     if check is not None and "test" in scored:
-        clean = _test_without_copies(dataset, check, scored["test"], list(run.classes))
+        clean = metrics_without_copies(dataset, check, scored["test"], list(run.classes))
         if clean is not None:
             metrics["test_clean"] = clean
     if data is not None:
@@ -215,29 +216,6 @@ def rebuild_report(run_dir: str | os.PathLike, data: str | None = None, *, split
     plan = recorded.get("plan") if data is None and isinstance(recorded.get("plan"), dict) else None  # on other data its "got" would not be the run's
     return write_html_report(run_dir, title=title, summary=summary, metrics=metrics, classes=list(run.classes),
                              history=recorded.get("history") or [], scored=scored, plan=plan, check=check)  # fmt: skip
-
-
-def _test_without_copies(dataset, check: dict, scored: tuple, classes: list[str]) -> dict | None:
-    """The metrics of the test images that have no byte-identical copy in train or val, as the
-    trainer records them (``metrics["test_clean"]``), where the check found such copies."""
-    from transferkit.core.check import duplicate_groups
-    from transferkit.core.report import classification_metrics
-
-    leak = ((check.get("exact_duplicates") or {}).get("across_splits") or {}).get("files") or {}
-    parts = [dataset.splits.get(s) for s in ("train", "val", "test")]
-    if not leak.get("test") or any(part is None for part in parts) or not len(parts[2]):
-        return None
-    paths = [str(sample) for part in parts for sample in part.samples]
-    groups = duplicate_groups(paths)
-    n_test = len(parts[2])
-    elsewhere = set(groups[:-n_test].tolist())
-    shared = {paths[-n_test + i] for i, g in enumerate(groups[-n_test:]) if g in elsewhere}
-    samples, labels, probs = scored
-    clean = np.array([str(sample) not in shared for sample in samples], dtype=bool)
-    if not len(clean):
-        return None
-    labels, predicted = np.asarray(labels)[clean], np.asarray(probs).argmax(1)[clean]
-    return {**classification_metrics(labels, predicted, classes), "images_with_copies": int((~clean).sum())}
 
 
 def _read_json(path: Path) -> dict:

@@ -209,21 +209,6 @@ def _one_copy_each(dataset, train_set, progress: bool):
     return train_set.subset(keep)
 
 
-def _test_copies(dataset, check: dict | None) -> set[str] | None:
-    """The test files with a byte-identical copy in train or val, where the check found any."""
-    from transferkit.core.check import duplicate_groups
-
-    leak = (check or {}).get("exact_duplicates", {}).get("across_splits", {}).get("files", {})
-    if not leak.get("test") or dataset.test is None:
-        return None
-    parts = [dataset.train, dataset.val, dataset.test]
-    paths = [str(s) for part in parts for s in part.samples]
-    groups = duplicate_groups(paths)
-    n_test = len(dataset.test)
-    elsewhere = set(groups[:-n_test].tolist())
-    return {paths[-n_test + i] for i, g in enumerate(groups[-n_test:]) if g in elsewhere}
-
-
 def _stratified_rows(y: np.ndarray, share: float, seed: int) -> np.ndarray:
     if share >= 1.0:
         return np.arange(len(y))
@@ -274,6 +259,7 @@ def _finish(run_dir: Path, dataset, train_set, model, history, timings, scored, 
     ``started``: when the call began, for the wall time)."""
     from transferkit.core.html_report import write_html_report
     from transferkit.core.report import classification_metrics, plot_confusion, plot_curves, write_report
+    from transferkit.core.check import metrics_without_copies
     from transferkit.core.runs import MODEL_META, Run, load_run, save_model, write_csv, write_json
 
     image_size = model.backbone.spec.check_image_size(opts.image_size)
@@ -290,15 +276,15 @@ def _finish(run_dir: Path, dataset, train_set, model, history, timings, scored, 
             scored[split] = ([images.samples[i] for i in np.flatnonzero(ok)], images.labels[ok], probs[ok])
         if split in scored:
             metrics[split] = classification_metrics(scored[split][1], scored[split][2].argmax(1), dataset.classes)
-    shared = _test_copies(dataset, check)
-    if shared is not None and "test" in scored:
+    if check and "test" in scored:
         # Test images with a byte-identical copy in train or val score memory: the rest is the honest figure.
-        samples, labels, probs = scored["test"]
-        clean = np.array([str(sample) not in shared for sample in samples])
-        metrics["test_clean"] = {**classification_metrics(labels[clean], probs[clean].argmax(1), dataset.classes), "images_with_copies": int((~clean).sum())}
-        if progress:
-            print(f"warning: {int((~clean).sum())} of {len(clean)} test images have a copy in train or val; test accuracy "
-                  f"{metrics['test']['accuracy']:.2%}, on the other {int(clean.sum())}: {metrics['test_clean']['accuracy']:.2%}", file=sys.stderr)  # fmt: skip
+        clean = metrics_without_copies(dataset, check, scored["test"], list(dataset.classes))
+        if clean is not None:
+            metrics["test_clean"] = clean
+            if progress:
+                n, kept = len(scored["test"][1]), len(scored["test"][1]) - clean["images_with_copies"]
+                print(f"warning: {clean['images_with_copies']} of {n} test images have a copy in train or val; test accuracy "
+                      f"{metrics['test']['accuracy']:.2%}, on the other {kept}: {clean['accuracy']:.2%}", file=sys.stderr)  # fmt: skip
     params = sum(p.numel() for p in model.parameters())
     summary = {
         "data": dataset.name,
